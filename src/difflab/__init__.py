@@ -1,0 +1,7 @@
+"""difflab: learn, train and use diffusion models on your own data."""
+
+from difflab.diffusion import Denoiser, q_sample
+from difflab.schedules import NoiseSchedule, timesteps
+
+__all__ = ["Denoiser", "NoiseSchedule", "q_sample", "timesteps"]
+__version__ = "0.1.0"
