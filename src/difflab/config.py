@@ -81,8 +81,7 @@ class Config:
             if sub is not None and isinstance(value, dict):
                 value = sub.from_dict(value)
             elif isinstance(value, list) and (
-                get_origin(tp) is tuple
-                or any(get_origin(a) is tuple for a in get_args(tp))
+                get_origin(tp) is tuple or any(get_origin(a) is tuple for a in get_args(tp))
             ):
                 value = tuple(value)
             kwargs[key] = value

@@ -101,8 +101,13 @@ def posterior_table(schedule: NoiseSchedule) -> dict[str, Tensor]:
     ab = schedule.alphas_cumprod
     p = posterior(ab, schedule.alphas_cumprod_prev)
     log_var = torch.log(torch.cat([p.beta_tilde[1:2], p.beta_tilde[1:]]))
-    return {"coef1": p.coef1, "coef2": p.coef2, "beta": p.beta, "beta_tilde": p.beta_tilde,
-            "log_variance_clipped": log_var}
+    return {
+        "coef1": p.coef1,
+        "coef2": p.coef2,
+        "beta": p.beta,
+        "beta_tilde": p.beta_tilde,
+        "log_variance_clipped": log_var,
+    }
 
 
 # ---- prediction conversions -------------------------------------------------------------------

@@ -44,7 +44,9 @@ class NoiseSchedule:
 
     # ---- constructors -------------------------------------------------------------------
     @classmethod
-    def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:
+    def linear(
+        cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+    ) -> NoiseSchedule:
         """Linear betas from ``beta_start`` to ``beta_end`` (Ho et al. 2020; seed 000: 200 steps)."""
         _check_T(T)
         return cls(torch.linspace(beta_start, beta_end, T, dtype=torch.float64), "linear")
@@ -164,7 +166,9 @@ def timesteps(T: int, steps: int, spacing: str = "leading", offset: int = 0) -> 
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if steps > T:
-        raise ValueError(f"steps={steps} exceeds the model's {T} training timesteps; use steps <= {T}")
+        raise ValueError(
+            f"steps={steps} exceeds the model's {T} training timesteps; use steps <= {T}"
+        )
     if spacing == "leading":
         ratio = T // steps
         ts = torch.arange(steps, dtype=torch.float64) * ratio + offset
