@@ -39,14 +39,17 @@ class NoiseSource:
     ) -> Tensor:
         shape = tuple(shape)
         gen = self.generator
+        # float32 draws cast to the target dtype keep a seed's image the same in fp16/bf16;
+        # float64 runs draw float64 directly.
+        draw = torch.float64 if dtype == torch.float64 else torch.float32
         if isinstance(gen, Sequence):
             if len(gen) != shape[0]:
                 raise ValueError(
                     f"got {len(gen)} generators for a batch of {shape[0]}; pass one per sample"
                 )
-            noise = torch.stack([torch.randn(shape[1:], generator=g) for g in gen])
+            noise = torch.stack([torch.randn(shape[1:], generator=g, dtype=draw) for g in gen])
         else:
-            noise = torch.randn(shape, generator=gen)
+            noise = torch.randn(shape, generator=gen, dtype=draw)
         return noise.to(device=device, dtype=dtype)
 
     def randn_like(self, x: Tensor) -> Tensor:
