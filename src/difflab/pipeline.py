@@ -1,0 +1,131 @@
+"""A trained model ready to sample: ``pipe = difflab.load(run); pipe.sample(n=16, seed=0)``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from difflab.noise import generators_from_seeds
+from difflab.sampling import sample
+from difflab.samplers.base import StepCallback
+from difflab.schedules import NoiseSchedule
+from difflab.train.checkpoint import CheckpointError, load_weights
+from difflab.train.config import TrainConfig
+
+
+def schedule_for(cfg: TrainConfig) -> NoiseSchedule:
+    sched = NoiseSchedule.from_name(cfg.schedule, cfg.T)
+    return sched.rescale_zero_terminal_snr() if cfg.zero_terminal_snr else sched
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+class Pipeline:
+    """A network, its training config and its schedule; samples images in [-1, 1]."""
+
+    def __init__(self, net: nn.Module, config: TrainConfig, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
+        self.config = config
+        self.schedule = schedule_for(config)
+
+    @classmethod
+    def load(cls, run: str | Path, device: str = "auto") -> Pipeline:
+        """Load ``run/config.json`` and the EMA weights ``run/model.safetensors``."""
+        from difflab.nets import build_net
+
+        run = Path(run)
+        cfg_path = run / "config.json"
+        if not cfg_path.is_file():
+            raise CheckpointError(f"{run} has no config.json; point at a folder written by `difflab train`")
+        try:
+            config = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+        except (ValueError, TypeError) as err:
+            raise CheckpointError(f"{cfg_path} is not a valid difflab config: {err}") from err
+        net = build_net(config.net)
+        state = load_weights(run / "model.safetensors")
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as err:
+            raise CheckpointError(
+                f"{run / 'model.safetensors'} does not fit the network in config.json; "
+                "were the files copied from different runs?"
+            ) from err
+        return cls(net, config, resolve_device(device))
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        data = self.config.data
+        net = self.net
+        size = data.image_size or getattr(net, "image_size", None) or 28
+        return (int(getattr(net, "in_channels", 1)), int(size), int(size))
+
+    def _model(self, x: Tensor, t: Tensor, **cond: Any) -> Tensor:
+        return self.net(x, t, **cond)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int = 16,
+        *,
+        sampler: str | None = None,
+        steps: int | None = None,
+        eta: float | None = None,
+        seed: int = 0,
+        batch_size: int = 256,
+        clip_x0: bool = True,
+        variance: str = "beta",
+        spacing: str = "trailing",
+        class_labels: Sequence[int] | Tensor | None = None,
+        callback: StepCallback | None = None,
+    ) -> Tensor:
+        """``n`` images in [-1, 1] on the CPU. Image i comes from seed ``seed + i`` whatever
+        ``batch_size`` is, so the same seed gives the same bytes. ``class_labels`` (one per image)
+        conditions a class-conditional model."""
+        if n < 1:
+            raise ValueError(f"n must be a positive number of images, got {n}")
+        sampler = sampler or self.config.sample_sampler
+        steps = steps or (self.config.sample_steps if sampler == "ddim" else self.schedule.T)
+        labels = None if class_labels is None else torch.as_tensor(class_labels, dtype=torch.long)
+        if labels is not None and labels.shape != (n,):
+            raise ValueError(f"give one class label per image: {n} images, {tuple(labels.shape)} labels")
+        out = []
+        for start in range(0, n, batch_size):
+            idx = range(start, min(n, start + batch_size))
+            gens = generators_from_seeds([seed + i for i in idx])
+            x_T = torch.stack([torch.randn(self.image_shape, generator=g) for g in gens]).to(self.device)
+            cond = None if labels is None else {"class_labels": labels[idx.start : idx.stop].to(self.device)}
+            x = sample(self._model, x_T, schedule=self.schedule, sampler=sampler, steps=steps,
+                       prediction=self.config.prediction, spacing=spacing, eta=eta, variance=variance,
+                       clip_x0=clip_x0, generator=gens, cond=cond, callback=callback)
+            out.append(x.float().clamp(-1, 1).cpu())
+        return torch.cat(out)
+
+    def sample_pil(self, n: int = 16, **kwargs: Any) -> list[Any]:
+        """Like :meth:`sample`, as a list of PIL images."""
+        from PIL import Image
+
+        from difflab.viz import to_uint8
+
+        arrays = to_uint8(self.sample(n, **kwargs))
+        return [Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a) for a in arrays]
+
+
+def load(run: str | Path, device: str = "auto") -> Pipeline:
+    """Load a trained run folder as a :class:`Pipeline`."""
+    return Pipeline.load(run, device)

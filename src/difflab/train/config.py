@@ -1,0 +1,115 @@
+"""The training config: everything that decides a run, saved as ``config.json`` in the run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Self
+
+from difflab.config import Config, check_choice
+from difflab.data import DataConfig
+
+PRESETS: tuple[str, ...] = ("seed000", "seed003", "seed004")
+
+# Fields that may change when resuming: they do not change what the finished steps computed.
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "keep_checkpoints", "sample_every", "log_every",
+                     "sample_n", "device")
+
+
+@dataclass(frozen=True)
+class TrainConfig(Config):
+    """A training run. ``net`` is a network config (see :mod:`difflab.nets`); None resolves to
+    the default network for ``net_kind`` at the data's size."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    net_kind: str = "unet"
+    net: Any = None
+    schedule: Literal["linear", "scaled_linear", "cosine", "sigmoid"] = "linear"
+    T: int = 1000
+    zero_terminal_snr: bool = False
+    prediction: Literal["eps", "x0", "v"] = "eps"
+    loss: Literal["mse", "l1", "huber"] = "mse"
+    weighting: Literal["none", "min-snr"] = "none"
+    snr_gamma: float = 5.0
+    steps: int = 3000
+    batch_size: int = 64
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    class_cond: bool = False
+    cond_drop: float = 0.1
+    seed: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    sample_every: int = 1000
+    sample_n: int = 64
+    sample_sampler: Literal["ddpm", "ddim"] = "ddim"
+    sample_steps: int = 50
+    log_every: int = 10
+    device: str = "auto"
+    preset: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from difflab.nets import NET_KINDS
+
+        check_choice("net", self.net_kind, NET_KINDS)
+        if self.preset is not None:
+            check_choice("preset", self.preset, PRESETS)
+        for name in ("steps", "batch_size", "T", "checkpoint_every", "sample_every", "log_every",
+                     "sample_n", "sample_steps"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if not 0 <= self.cond_drop < 1:
+            raise ValueError(f"cond_drop must lie in [0, 1), got {self.cond_drop}")
+        if self.sample_steps > self.T:
+            raise ValueError(f"sample_steps={self.sample_steps} exceeds T={self.T}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if self.net is not None:
+            out["net"] = self.net.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        from difflab.nets import net_config_from_dict
+
+        data = dict(data)
+        net = data.pop("net", None)
+        cfg = super().from_dict(data)
+        return cfg.replace(net=None if net is None else net_config_from_dict(net))
+
+    def differences(self, other: TrainConfig) -> list[str]:
+        """Names of the fields (other than the resumable ones) that differ from ``other``."""
+        a, b = self.to_dict(), other.to_dict()
+        return sorted(k for k in a if k not in RESUMABLE_CHANGES and a[k] != b.get(k))
+
+
+def preset_config(name: str, **overrides: Any) -> TrainConfig:
+    """The recipe of one study note, on MNIST unless ``data`` is overridden.
+
+    - ``seed000``: MyUNet, 200 linear steps (1e-4..0.02), MSE on eps, Adam lr 1e-3, batch 128.
+    - ``seed003``: diffusers UNet2DModel, squaredcos_cap_v2 (cosine) with 1000 steps, AdamW lr 4e-4.
+    - ``seed004``: SimpleUnet, 300 linear steps, L1 loss on eps, Adam lr 1e-3.
+    The notes use no EMA, warm-up, LR decay or gradient clipping; the presets keep them off.
+    """
+    check_choice("preset", name, PRESETS)
+    plain = {"ema_decay": 0.0, "warmup_steps": 1, "lr_schedule": "constant", "grad_clip": 0.0}
+    recipes: dict[str, dict[str, Any]] = {
+        "seed000": {"net_kind": "myunet", "schedule": "linear", "T": 200, "optimizer": "adam",
+                    "lr": 1e-3, "batch_size": 128},
+        "seed003": {"net_kind": "diffusers-unet", "schedule": "cosine", "T": 1000, "optimizer": "adamw",
+                    "lr": 4e-4, "weight_decay": 0.01, "batch_size": 128},
+        "seed004": {"net_kind": "simple-unet", "schedule": "linear", "T": 300, "loss": "l1",
+                    "optimizer": "adam", "lr": 1e-3, "batch_size": 128},
+    }
+    return TrainConfig(**{**plain, **recipes[name], "preset": name, **overrides})

@@ -1,0 +1,240 @@
+"""The training loop: one function, ``train(config, out)``, resumable bit-for-bit.
+
+Everything random in a step (batch order, flips, timesteps, noise, label dropout) comes from the
+batcher and one torch generator whose states are in the checkpoint, so a run killed at any point
+and resumed from its last checkpoint ends with the same weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from difflab.data import Batcher, ImageDataset, load_dataset
+from difflab.losses import diffusion_loss
+from difflab.pipeline import Pipeline, resolve_device, schedule_for
+from difflab.train.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+    save_weights,
+)
+from difflab.train.config import TrainConfig
+from difflab.train.ema import EMA
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what to do."""
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    steps: int
+    final_loss: float
+    seconds: float
+    images_per_s: float
+
+
+def prepare_data(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[TrainConfig, ImageDataset]:
+    """Load the data at the size the network needs and resolve the network config."""
+    from difflab.nets import default_net_config, required_image_size
+
+    data = load_dataset(cfg.data)
+    c, h, w = data.shape
+    if h != w:
+        raise TrainingError(f"images are {h}x{w}; pass --image-size N to resize them to squares")
+    need = required_image_size(cfg.net_kind, h)
+    if need != h:
+        log(f"net {cfg.net_kind} needs {need}x{need} images: resizing the data from {h}x{w}")
+        data = load_dataset(cfg.data.replace(image_size=need))
+        c, h, w = data.shape
+    data_cfg = cfg.data.replace(image_size=h, channels=c)
+    if cfg.class_cond and not data.num_classes:
+        raise TrainingError(f"--class-cond needs labelled data, and {data.name} has no labels")
+    net_cfg = cfg.net or default_net_config(
+        cfg.net_kind, in_channels=c, image_size=h, n_steps=cfg.T,
+        num_classes=data.num_classes if cfg.class_cond else 0,
+    )
+    return cfg.replace(data=data_cfg, net=net_cfg), data
+
+
+def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    """Linear warm-up over ``warmup_steps``, then constant or a cosine decay to 10%."""
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def make_optimizer(cfg: TrainConfig, net: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    params = [p for p in net.parameters() if p.requires_grad]
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+
+
+def train(
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train ``config`` into the run folder ``out`` (see the README for its layout)."""
+    from difflab.nets import build_net, param_count
+
+    out = Path(out)
+    device = resolve_device(config.device)
+    cfg, data = prepare_data(config, log)
+    cfg_path = out / "config.json"
+    if resume:
+        if not cfg_path.is_file():
+            raise TrainingError(f"--resume: {out} has no config.json; start it without --resume")
+        saved = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+        diff = saved.differences(cfg)
+        if diff:
+            raise TrainingError(
+                f"--resume: {out} was trained with different {', '.join(diff)}; "
+                "use the same flags (only --steps and logging/checkpoint intervals may change) or a new --out"
+            )
+    elif cfg_path.exists():
+        raise TrainingError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    atomic_write(cfg_path, lambda tmp: tmp.write_text(cfg.to_json() + "\n"))
+
+    torch.manual_seed(cfg.seed)
+    net = build_net(cfg.net).to(device)
+    ema = EMA(net, cfg.ema_decay, cfg.ema_warmup)
+    optimizer = make_optimizer(cfg, net, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    batcher = Batcher(len(data), cfg.batch_size, cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    schedule = schedule_for(cfg)
+    ckpt_dir = out / "checkpoints"
+    step = 0
+    if resume and (found := list_checkpoints(ckpt_dir)):
+        state = load_checkpoint(found[-1][1])
+        net.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        batcher.load_state_dict(state["batcher"])
+        gen.set_state(state["generator"])
+        step = int(state["step"])
+        log(f"resuming {out} from step {step}")
+    log(f"{data.summary()}")
+    log(f"net {cfg.net_kind}: {param_count(net):,} parameters; {cfg.steps} steps of {cfg.batch_size} "
+        f"on {device.type}; writing to {out}")
+
+    def checkpoint() -> None:
+        state = {"step": step, "model": net.state_dict(), "ema": ema.state_dict(),
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "batcher": batcher.state_dict(), "generator": gen.get_state()}
+        save_checkpoint(state, ckpt_dir / f"step_{step:07d}.pt")
+        save_weights(ema.model.state_dict(), out / "model.safetensors", {"step": str(step)})
+        prune_checkpoints(ckpt_dir, cfg.keep_checkpoints)
+
+    def sample_grid() -> None:
+        from difflab.viz import save_grid
+
+        pipe = Pipeline(ema.model, cfg, device)
+        images = pipe.sample(cfg.sample_n, sampler=cfg.sample_sampler, steps=cfg.sample_steps, seed=0)
+        save_grid(images, out / "samples" / f"step_{step:07d}.png")
+        ema.model.eval()
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="training", unit="step",
+               dynamic_ncols=True)
+    log_file = (out / "log.jsonl").open("a")
+    t_start, window, window_t, last_loss = time.perf_counter(), [], time.perf_counter(), float("nan")
+    use_autocast = device.type == "cuda"
+    num_classes = int(getattr(net, "num_classes", 0))
+    net.train()
+    try:
+        while step < cfg.steps:
+            x0, labels = batcher.next_batch(data, device=device)
+            b = x0.shape[0]
+            t = torch.randint(0, cfg.T, (b,), generator=gen).to(device)
+            noise = torch.randn(x0.shape, generator=gen).to(device)
+            cond = None
+            if num_classes and labels is not None:
+                drop = torch.rand(b, generator=gen).to(device) < cfg.cond_drop
+                cond = {"class_labels": torch.where(drop, num_classes, labels)}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
+                loss = diffusion_loss(net, x0, t, noise, schedule=schedule, prediction=cfg.prediction,
+                                      loss=cfg.loss, weighting=cfg.weighting, snr_gamma=cfg.snr_gamma,
+                                      cond=cond)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                last = list_checkpoints(ckpt_dir)
+                where = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint was written"
+                raise TrainingError(f"loss became {loss_value} at step {step + 1}; {where}. "
+                                    "Lower --lr or check the data, then --resume")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            ema.update(net)
+            step += 1
+            window.append(loss_value)
+            last_loss = loss_value
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.perf_counter()
+                ips = len(window) * cfg.batch_size / max(now - window_t, 1e-9)
+                record = {"step": step, "loss": sum(window) / len(window), "lr": scheduler.get_last_lr()[0],
+                          "images_per_s": round(ips, 2), "epoch": round(batcher.progress, 4),
+                          "elapsed_s": round(now - t_start, 2)}
+                log_file.write(json.dumps(record) + "\n")
+                log_file.flush()
+                bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{ips:.0f}")
+                window, window_t = [], now
+            bar.update(1)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                checkpoint()
+            if step % cfg.sample_every == 0 or step == cfg.steps:
+                sample_grid()
+                net.train()
+    except CheckpointError as err:
+        raise TrainingError(str(err)) from err
+    finally:
+        bar.close()
+        log_file.close()
+    if not list_checkpoints(ckpt_dir):
+        checkpoint()
+    seconds = time.perf_counter() - t_start
+    try:
+        from difflab.viz import plot_loss
+
+        plot_loss(out / "log.jsonl", out / "loss.png")
+    except ValueError:
+        pass  # too few records to plot
+    return TrainResult(out, step, last_loss, seconds, 0.0 if seconds == 0 else step * cfg.batch_size / seconds)
+
+
+def run_info(out: str | Path) -> dict[str, Any]:
+    """The step and files of a run folder (for ``difflab info``)."""
+    out = Path(out)
+    return {"config": str(out / "config.json"),
+            "checkpoints": [str(p) for _, p in list_checkpoints(out / "checkpoints")]}
