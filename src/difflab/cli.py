@@ -12,6 +12,13 @@ from difflab.schedules import SCHEDULES
 NETS = ("myunet", "simple-unet", "basic-unet", "unet", "diffusers-unet", "diffusers-cond-unet")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (the usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -33,11 +40,17 @@ def non_negative_float(text: str) -> float:
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="mnist",
-                   help="mnist | fashion-mnist | digits | folder:PATH | mnist-idx:PATH | cifar10:PATH")
+    p.add_argument(
+        "--data",
+        default="mnist",
+        help="mnist | fashion-mnist | digits | folder:PATH | mnist-idx:PATH | cifar10:PATH",
+    )
     p.add_argument("--out", required=True, help="run folder to create (or continue with --resume)")
-    p.add_argument("--preset", choices=("seed000", "seed003", "seed004"),
-                   help="a study note's recipe (flags given after it still apply)")
+    p.add_argument(
+        "--preset",
+        choices=("seed000", "seed003", "seed004"),
+        help="a study note's recipe (flags given after it still apply)",
+    )
     p.add_argument("--net", choices=NETS, help="network (default: unet)")
     p.add_argument("--steps", type=positive_int, help="optimizer steps (default 3000)")
     p.add_argument("--batch-size", type=positive_int)
@@ -65,15 +78,30 @@ def train_config_from_args(args: argparse.Namespace) -> Any:
     from difflab.data import parse_data_spec
     from difflab.train import TrainConfig, preset_config
 
-    data_fields = {k: v for k, v in {"image_size": args.image_size, "channels": args.channels,
-                                     "limit": args.limit}.items() if v is not None}
+    data_fields = {
+        k: v
+        for k, v in {"image_size": args.image_size, "channels": args.channels, "limit": args.limit}.items()
+        if v is not None
+    }
     if args.flip:
         data_fields["flip"] = True
     overrides: dict[str, Any] = {"data": parse_data_spec(args.data, **data_fields)}
-    mapping = {"net": "net_kind", "steps": "steps", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
-               "schedule": "schedule", "T": "T", "prediction": "prediction", "loss": "loss",
-               "weighting": "weighting", "ema_decay": "ema_decay", "checkpoint_every": "checkpoint_every",
-               "sample_every": "sample_every", "device": "device"}
+    mapping = {
+        "net": "net_kind",
+        "steps": "steps",
+        "batch_size": "batch_size",
+        "lr": "lr",
+        "seed": "seed",
+        "schedule": "schedule",
+        "T": "T",
+        "prediction": "prediction",
+        "loss": "loss",
+        "weighting": "weighting",
+        "ema_decay": "ema_decay",
+        "checkpoint_every": "checkpoint_every",
+        "sample_every": "sample_every",
+        "device": "device",
+    }
     for arg, field in mapping.items():
         if getattr(args, arg) is not None:
             overrides[field] = getattr(args, arg)
@@ -89,8 +117,10 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     cfg = train_config_from_args(args)
     result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
-    print(f"trained {result.steps} steps in {result.seconds:.0f} s ({result.images_per_s:.0f} images/s); "
-          f"weights: {Path(args.out) / 'model.safetensors'}")
+    print(
+        f"trained {result.steps} steps in {result.seconds:.0f} s ({result.images_per_s:.0f} images/s); "
+        f"weights: {Path(args.out) / 'model.safetensors'}"
+    )
 
 
 def add_sample_args(p: argparse.ArgumentParser) -> None:
@@ -106,8 +136,14 @@ def add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
 
 
-def write_sample_outputs(pipe: Any, args: argparse.Namespace, out: Path | None, gif: Path | None,
-                         progression: Path | None, save_dir: Path | None) -> list[Path]:
+def write_sample_outputs(
+    pipe: Any,
+    args: argparse.Namespace,
+    out: Path | None,
+    gif: Path | None,
+    progression: Path | None,
+    save_dir: Path | None,
+) -> list[Path]:
     from difflab.viz import save_gif, save_grid, save_progression
 
     frames: list[Any] = []
@@ -119,18 +155,26 @@ def write_sample_outputs(pipe: Any, args: argparse.Namespace, out: Path | None, 
         snapshots.append((t, x.float().cpu()))
 
     labels = None if args.class_label is None else [args.class_label] * args.n
-    images = pipe.sample(args.n, sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
-                         batch_size=args.n if want_frames else args.batch_size, clip_x0=not args.no_clip,
-                         variance=args.variance, class_labels=labels,
-                         callback=callback if want_frames else None)
+    images = pipe.sample(
+        args.n,
+        sampler=args.sampler,
+        steps=args.steps,
+        eta=args.eta,
+        seed=args.seed,
+        batch_size=args.n if want_frames else args.batch_size,
+        clip_x0=not args.no_clip,
+        variance=args.variance,
+        class_labels=labels,
+        callback=callback if want_frames else None,
+    )
     written = []
     if out is not None:
-        written.append(save_grid(images, out) or out)
+        written.append(save_grid(images, out))
     if gif is not None:
-        keep = frames[:: max(1, len(frames) // 60)] + [images]
-        written.append(save_gif(keep, gif) or gif)
+        keep = [*frames[::max(1, len(frames) // 60)], images]
+        written.append(save_gif(keep, gif))
     if progression is not None:
-        written.append(save_progression(snapshots, progression) or progression)
+        written.append(save_progression(snapshots, progression))
     if save_dir is not None:
         from difflab.data import save_images
 
@@ -184,11 +228,23 @@ def cmd_demo(args: argparse.Namespace) -> None:
     resume = (run / "config.json").exists()
     train(cfg, run, resume=resume, progress=not args.no_progress)
     pipe = load(run, "auto")
-    sample_args = argparse.Namespace(n=64, sampler="ddim", steps=50, eta=None, seed=0, batch_size=64,
-                                     no_clip=False, variance="beta", class_label=None)
-    written = write_sample_outputs(pipe, sample_args, out / "samples.png", out / "denoise.gif",
-                                   out / "progression.png", None)
-    fwd = argparse.Namespace(data="mnist", n=8, seed=0, schedule=cfg.schedule, T=cfg.T, out=out / "forward.png")
+    sample_args = argparse.Namespace(
+        n=64,
+        sampler="ddim",
+        steps=50,
+        eta=None,
+        seed=0,
+        batch_size=64,
+        no_clip=False,
+        variance="beta",
+        class_label=None,
+    )
+    written = write_sample_outputs(
+        pipe, sample_args, out / "samples.png", out / "denoise.gif", out / "progression.png", None
+    )
+    fwd = argparse.Namespace(
+        data="mnist", n=8, seed=0, schedule=cfg.schedule, T=cfg.T, out=out / "forward.png"
+    )
     cmd_show_forward(fwd)
     plot_loss(run / "log.jsonl", out / "loss.png")
     for p in [*written, out / "loss.png"]:
@@ -196,7 +252,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="difflab", description="Train, sample and show diffusion models.")
+    parser = Parser(prog="difflab", description="Train, sample and show diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model into a run folder")

@@ -10,29 +10,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from difflab.device import resolve_device
 from difflab.noise import generators_from_seeds
-from difflab.sampling import sample
 from difflab.samplers.base import StepCallback
-from difflab.schedules import NoiseSchedule
+from difflab.sampling import sample
 from difflab.train.checkpoint import CheckpointError, load_weights
 from difflab.train.config import TrainConfig
-
-
-def schedule_for(cfg: TrainConfig) -> NoiseSchedule:
-    sched = NoiseSchedule.from_name(cfg.schedule, cfg.T)
-    return sched.rescale_zero_terminal_snr() if cfg.zero_terminal_snr else sched
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    return device
 
 
 class Pipeline:
@@ -42,7 +25,7 @@ class Pipeline:
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
         self.config = config
-        self.schedule = schedule_for(config)
+        self.schedule = config.make_schedule()
 
     @classmethod
     def load(cls, run: str | Path, device: str = "auto") -> Pipeline:
@@ -110,9 +93,21 @@ class Pipeline:
             gens = generators_from_seeds([seed + i for i in idx])
             x_T = torch.stack([torch.randn(self.image_shape, generator=g) for g in gens]).to(self.device)
             cond = None if labels is None else {"class_labels": labels[idx.start : idx.stop].to(self.device)}
-            x = sample(self._model, x_T, schedule=self.schedule, sampler=sampler, steps=steps,
-                       prediction=self.config.prediction, spacing=spacing, eta=eta, variance=variance,
-                       clip_x0=clip_x0, generator=gens, cond=cond, callback=callback)
+            x = sample(
+                self._model,
+                x_T,
+                schedule=self.schedule,
+                sampler=sampler,
+                steps=steps,
+                prediction=self.config.prediction,
+                spacing=spacing,
+                eta=eta,
+                variance=variance,
+                clip_x0=clip_x0,
+                generator=gens,
+                cond=cond,
+                callback=callback,
+            )
             out.append(x.float().clamp(-1, 1).cpu())
         return torch.cat(out)
 

@@ -7,12 +7,20 @@ from typing import Any, Literal, Self
 
 from difflab.config import Config, check_choice
 from difflab.data import DataConfig
+from difflab.schedules import NoiseSchedule
 
 PRESETS: tuple[str, ...] = ("seed000", "seed003", "seed004")
 
 # Fields that may change when resuming: they do not change what the finished steps computed.
-RESUMABLE_CHANGES = ("steps", "checkpoint_every", "keep_checkpoints", "sample_every", "log_every",
-                     "sample_n", "device")
+RESUMABLE_CHANGES = (
+    "steps",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "sample_every",
+    "log_every",
+    "sample_n",
+    "device",
+)
 
 
 @dataclass(frozen=True)
@@ -60,8 +68,16 @@ class TrainConfig(Config):
         check_choice("net", self.net_kind, NET_KINDS)
         if self.preset is not None:
             check_choice("preset", self.preset, PRESETS)
-        for name in ("steps", "batch_size", "T", "checkpoint_every", "sample_every", "log_every",
-                     "sample_n", "sample_steps"):
+        for name in (
+            "steps",
+            "batch_size",
+            "T",
+            "checkpoint_every",
+            "sample_every",
+            "log_every",
+            "sample_n",
+            "sample_steps",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.lr <= 0:
@@ -88,6 +104,11 @@ class TrainConfig(Config):
         cfg = super().from_dict(data)
         return cfg.replace(net=None if net is None else net_config_from_dict(net))
 
+    def make_schedule(self) -> NoiseSchedule:
+        """The noise schedule this run trains and samples with."""
+        sched = NoiseSchedule.from_name(self.schedule, self.T)
+        return sched.rescale_zero_terminal_snr() if self.zero_terminal_snr else sched
+
     def differences(self, other: TrainConfig) -> list[str]:
         """Names of the fields (other than the resumable ones) that differ from ``other``."""
         a, b = self.to_dict(), other.to_dict()
@@ -105,11 +126,31 @@ def preset_config(name: str, **overrides: Any) -> TrainConfig:
     check_choice("preset", name, PRESETS)
     plain = {"ema_decay": 0.0, "warmup_steps": 1, "lr_schedule": "constant", "grad_clip": 0.0}
     recipes: dict[str, dict[str, Any]] = {
-        "seed000": {"net_kind": "myunet", "schedule": "linear", "T": 200, "optimizer": "adam",
-                    "lr": 1e-3, "batch_size": 128},
-        "seed003": {"net_kind": "diffusers-unet", "schedule": "cosine", "T": 1000, "optimizer": "adamw",
-                    "lr": 4e-4, "weight_decay": 0.01, "batch_size": 128},
-        "seed004": {"net_kind": "simple-unet", "schedule": "linear", "T": 300, "loss": "l1",
-                    "optimizer": "adam", "lr": 1e-3, "batch_size": 128},
+        "seed000": {
+            "net_kind": "myunet",
+            "schedule": "linear",
+            "T": 200,
+            "optimizer": "adam",
+            "lr": 1e-3,
+            "batch_size": 128,
+        },
+        "seed003": {
+            "net_kind": "diffusers-unet",
+            "schedule": "cosine",
+            "T": 1000,
+            "optimizer": "adamw",
+            "lr": 4e-4,
+            "weight_decay": 0.01,
+            "batch_size": 128,
+        },
+        "seed004": {
+            "net_kind": "simple-unet",
+            "schedule": "linear",
+            "T": 300,
+            "loss": "l1",
+            "optimizer": "adam",
+            "lr": 1e-3,
+            "batch_size": 128,
+        },
     }
     return TrainConfig(**{**plain, **recipes[name], "preset": name, **overrides})

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from difflab.data import Batcher, ImageDataset, load_dataset
+from difflab.device import resolve_device
 from difflab.losses import diffusion_loss
-from difflab.pipeline import Pipeline, resolve_device, schedule_for
 from difflab.train.checkpoint import (
     CheckpointError,
     atomic_write,
@@ -64,7 +64,10 @@ def prepare_data(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[TrainCon
     if cfg.class_cond and not data.num_classes:
         raise TrainingError(f"--class-cond needs labelled data, and {data.name} has no labels")
     net_cfg = cfg.net or default_net_config(
-        cfg.net_kind, in_channels=c, image_size=h, n_steps=cfg.T,
+        cfg.net_kind,
+        in_channels=c,
+        image_size=h,
+        n_steps=cfg.T,
         num_classes=data.num_classes if cfg.class_cond else 0,
     )
     return cfg.replace(data=data_cfg, net=net_cfg), data
@@ -118,7 +121,9 @@ def train(
                 "use the same flags (only --steps and logging/checkpoint intervals may change) or a new --out"
             )
     elif cfg_path.exists():
-        raise TrainingError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        raise TrainingError(
+            f"{out} already holds a run; pass --resume to continue it or choose another --out"
+        )
     atomic_write(cfg_path, lambda tmp: tmp.write_text(cfg.to_json() + "\n"))
 
     torch.manual_seed(cfg.seed)
@@ -128,7 +133,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     batcher = Batcher(len(data), cfg.batch_size, cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    schedule = schedule_for(cfg)
+    schedule = cfg.make_schedule()
     ckpt_dir = out / "checkpoints"
     step = 0
     if resume and (found := list_checkpoints(ckpt_dir)):
@@ -142,18 +147,27 @@ def train(
         step = int(state["step"])
         log(f"resuming {out} from step {step}")
     log(f"{data.summary()}")
-    log(f"net {cfg.net_kind}: {param_count(net):,} parameters; {cfg.steps} steps of {cfg.batch_size} "
-        f"on {device.type}; writing to {out}")
+    log(
+        f"net {cfg.net_kind}: {param_count(net):,} parameters; {cfg.steps} steps of {cfg.batch_size} "
+        f"on {device.type}; writing to {out}"
+    )
 
     def checkpoint() -> None:
-        state = {"step": step, "model": net.state_dict(), "ema": ema.state_dict(),
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "batcher": batcher.state_dict(), "generator": gen.get_state()}
+        state = {
+            "step": step,
+            "model": net.state_dict(),
+            "ema": ema.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "batcher": batcher.state_dict(),
+            "generator": gen.get_state(),
+        }
         save_checkpoint(state, ckpt_dir / f"step_{step:07d}.pt")
         save_weights(ema.model.state_dict(), out / "model.safetensors", {"step": str(step)})
         prune_checkpoints(ckpt_dir, cfg.keep_checkpoints)
 
     def sample_grid() -> None:
+        from difflab.pipeline import Pipeline
         from difflab.viz import save_grid
 
         pipe = Pipeline(ema.model, cfg, device)
@@ -163,8 +177,9 @@ def train(
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="training", unit="step",
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.steps, initial=step, disable=not progress, desc="training", unit="step", dynamic_ncols=True
+    )
     log_file = (out / "log.jsonl").open("a")
     t_start, window, window_t, last_loss = time.perf_counter(), [], time.perf_counter(), float("nan")
     use_autocast = device.type == "cuda"
@@ -181,15 +196,26 @@ def train(
                 drop = torch.rand(b, generator=gen).to(device) < cfg.cond_drop
                 cond = {"class_labels": torch.where(drop, num_classes, labels)}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
-                loss = diffusion_loss(net, x0, t, noise, schedule=schedule, prediction=cfg.prediction,
-                                      loss=cfg.loss, weighting=cfg.weighting, snr_gamma=cfg.snr_gamma,
-                                      cond=cond)
+                loss = diffusion_loss(
+                    net,
+                    x0,
+                    t,
+                    noise,
+                    schedule=schedule,
+                    prediction=cfg.prediction,
+                    loss=cfg.loss,
+                    weighting=cfg.weighting,
+                    snr_gamma=cfg.snr_gamma,
+                    cond=cond,
+                )
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 last = list_checkpoints(ckpt_dir)
                 where = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint was written"
-                raise TrainingError(f"loss became {loss_value} at step {step + 1}; {where}. "
-                                    "Lower --lr or check the data, then --resume")
+                raise TrainingError(
+                    f"loss became {loss_value} at step {step + 1}; {where}. "
+                    "Lower --lr or check the data, then --resume"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -203,9 +229,14 @@ def train(
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.perf_counter()
                 ips = len(window) * cfg.batch_size / max(now - window_t, 1e-9)
-                record = {"step": step, "loss": sum(window) / len(window), "lr": scheduler.get_last_lr()[0],
-                          "images_per_s": round(ips, 2), "epoch": round(batcher.progress, 4),
-                          "elapsed_s": round(now - t_start, 2)}
+                record = {
+                    "step": step,
+                    "loss": sum(window) / len(window),
+                    "lr": scheduler.get_last_lr()[0],
+                    "images_per_s": round(ips, 2),
+                    "epoch": round(batcher.progress, 4),
+                    "elapsed_s": round(now - t_start, 2),
+                }
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
                 bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{ips:.0f}")
@@ -230,11 +261,15 @@ def train(
         plot_loss(out / "log.jsonl", out / "loss.png")
     except ValueError:
         pass  # too few records to plot
-    return TrainResult(out, step, last_loss, seconds, 0.0 if seconds == 0 else step * cfg.batch_size / seconds)
+    return TrainResult(
+        out, step, last_loss, seconds, 0.0 if seconds == 0 else step * cfg.batch_size / seconds
+    )
 
 
 def run_info(out: str | Path) -> dict[str, Any]:
     """The step and files of a run folder (for ``difflab info``)."""
     out = Path(out)
-    return {"config": str(out / "config.json"),
-            "checkpoints": [str(p) for _, p in list_checkpoints(out / "checkpoints")]}
+    return {
+        "config": str(out / "config.json"),
+        "checkpoints": [str(p) for _, p in list_checkpoints(out / "checkpoints")],
+    }

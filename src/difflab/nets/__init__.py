@@ -1,0 +1,200 @@
+"""Denoising networks and their registry.
+
+Every network is an ``nn.Module`` with ``forward(x [B,C,H,W], t [B], *, class_labels=None,
+context=None) -> [B,C,H,W]`` (the prediction: eps, x0 or v) and the attributes ``config`` (its
+:class:`~difflab.config.Config`), ``in_channels``, ``image_size`` (the size it was built for, or
+None if any size in its multiple works), ``num_classes`` (0 = unconditional; label
+``num_classes`` is the null class for classifier-free guidance) and ``context_dim`` (0 = none).
+``t`` holds int64 timesteps in [0, T); networks with a sinusoidal time embedding also take float
+t. A network raises ``ValueError`` saying what it expects when given the wrong image size or
+channel count, or conditioning it does not take.
+
+Kinds: ``myunet`` (seed 000, 28x28), ``simple-unet`` (seed 004), ``basic-unet`` (seed 003, predicts
+x0), ``unet`` (the modern default), ``diffusers-unet`` and ``diffusers-cond-unet`` (diffusers'
+UNets, seed 003).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from difflab.config import check_choice
+from difflab.nets.basic_unet import BasicUNet, BasicUNetConfig, corrupt, mixing_sample
+from difflab.nets.diffusers_nets import (
+    SEED003_RECIPES,
+    DiffusersCondUNet,
+    DiffusersCondUNetConfig,
+    DiffusersUNet,
+    DiffusersUNetConfig,
+)
+from difflab.nets.myunet import MyBlock, MyUNet, MyUNetConfig, sinusoidal_embedding
+from difflab.nets.simple_unet import Block, SimpleUnet, SimpleUnetConfig, SinusoidalPositionEmbeddings
+from difflab.nets.unet import UNet, UNetConfig
+
+NET_KINDS: tuple[str, ...] = (
+    "myunet", "simple-unet", "basic-unet", "unet", "diffusers-unet", "diffusers-cond-unet",
+)
+
+NetConfig = (
+    MyUNetConfig
+    | SimpleUnetConfig
+    | BasicUNetConfig
+    | UNetConfig
+    | DiffusersUNetConfig
+    | DiffusersCondUNetConfig
+)
+
+_CONFIGS: dict[str, type[Any]] = {
+    "myunet": MyUNetConfig,
+    "simple-unet": SimpleUnetConfig,
+    "basic-unet": BasicUNetConfig,
+    "unet": UNetConfig,
+    "diffusers-unet": DiffusersUNetConfig,
+    "diffusers-cond-unet": DiffusersCondUNetConfig,
+}
+_NETS: dict[str, Any] = {
+    "myunet": MyUNet,
+    "simple-unet": SimpleUnet,
+    "basic-unet": BasicUNet,
+    "unet": UNet,
+    "diffusers-unet": DiffusersUNet,
+    "diffusers-cond-unet": DiffusersCondUNet,
+}
+
+
+def _check_kind(kind: Any) -> str:
+    check_choice("net kind", kind, NET_KINDS)
+    return kind
+
+
+def net_config_from_dict(d: dict[str, Any]) -> NetConfig:
+    """Rebuild a network config from its ``to_dict()`` / JSON form, dispatching on ``kind``."""
+    if "kind" not in d:
+        raise ValueError(f"a network config needs a 'kind'; choose one of: {', '.join(NET_KINDS)}")
+    return _CONFIGS[_check_kind(d["kind"])].from_dict(d)
+
+
+def build_net(cfg: NetConfig) -> nn.Module:
+    """Build the network a config describes."""
+    return _NETS[_check_kind(getattr(cfg, "kind", None))].from_config(cfg)
+
+
+def param_count(net: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+def predicts(kind: str) -> str:
+    """The prediction type a kind is trained for by default: ``x0`` for basic-unet (seed 003),
+    ``eps`` for the others."""
+    return "x0" if _check_kind(kind) == "basic-unet" else "eps"
+
+
+def _round_up(size: int, multiple: int) -> int:
+    return -(-size // multiple) * multiple
+
+
+def required_image_size(kind: str, size: int) -> int:
+    """The size data of ``size`` must be resized/padded to for this kind (with its default
+    config): 28 for myunet, the next multiple of 16 for simple-unet, of 4 for basic-unet and the
+    3-level diffusers UNets; unet takes any size."""
+    kind = _check_kind(kind)
+    if size < 1:
+        raise ValueError(f"image size must be >= 1, got {size}")
+    if kind == "myunet":
+        return 28
+    if kind == "simple-unet":
+        return _round_up(size, 16)
+    if kind == "unet":
+        return size
+    return _round_up(size, 4)
+
+
+def _unet_default(in_channels: int, image_size: int, num_classes: int, context_dim: int
+                  ) -> UNetConfig:
+    """Small and fast: base 32, one res block per level, levels (1, 2, 2, 2, ...) until the
+    smallest map is <= 8, attention at maps <= min(16, max(8, image_size // 4)) (only 7x7 at
+    28x28, 8x8 at 32x32, 16x16 and 8x8 at 64x64), and attention in the middle block."""
+    mult = [1, 2, 2]
+    while -(-image_size // 2 ** (len(mult) - 1)) > 8:
+        mult.append(2)
+    cfg = UNetConfig(
+        in_channels=in_channels, base_channels=32, channel_mult=tuple(mult), num_res_blocks=1,
+        num_heads=4, groups=8, num_classes=num_classes, context_dim=context_dim,
+        image_size=image_size,
+    )
+    return cfg.replace(attention_resolutions=tuple(
+        s for s in cfg.level_sizes() if s <= min(16, max(8, image_size // 4))))
+
+
+def default_net_config(
+    kind: str,
+    *,
+    in_channels: int,
+    image_size: int,
+    num_classes: int = 0,
+    context_dim: int = 0,
+    n_steps: int = 1000,
+) -> NetConfig:
+    """Sensible small CPU defaults per kind for ``in_channels``x``image_size``x``image_size``
+    data (already at :func:`required_image_size`). ``n_steps`` sizes MyUNet's timestep table."""
+    kind = _check_kind(kind)
+    need = required_image_size(kind, image_size)
+    if need != image_size:
+        raise ValueError(f"{kind} cannot take {image_size}x{image_size} images; resize the data "
+                         f"with --image-size {need}")
+    if kind in ("myunet", "simple-unet", "basic-unet") and (num_classes or context_dim):
+        raise ValueError(f"{kind} is unconditional; use unet (or a diffusers kind) for "
+                         "class labels or context")
+    if kind == "myunet":
+        return MyUNetConfig(n_steps=n_steps, in_channels=in_channels)
+    if kind == "simple-unet":
+        return SimpleUnetConfig(in_channels=in_channels, width=0.25, image_size=image_size)
+    if kind == "basic-unet":
+        return BasicUNetConfig(in_channels=in_channels, image_size=image_size)
+    if kind == "unet":
+        return _unet_default(in_channels, image_size, num_classes, context_dim)
+    embeds = num_classes + 1 if num_classes else None
+    if kind == "diffusers-unet":
+        if context_dim:
+            raise ValueError("diffusers-unet takes no context; use diffusers-cond-unet")
+        return DiffusersUNetConfig(sample_size=image_size, in_channels=in_channels,
+                                   num_class_embeds=embeds)
+    if not context_dim:
+        raise ValueError("diffusers-cond-unet needs context_dim > 0; use diffusers-unet "
+                         "without context")
+    return DiffusersCondUNetConfig(sample_size=image_size, in_channels=in_channels,
+                                   cross_attention_dim=context_dim, num_class_embeds=embeds)
+
+
+__all__ = [
+    "NET_KINDS",
+    "SEED003_RECIPES",
+    "BasicUNet",
+    "BasicUNetConfig",
+    "Block",
+    "DiffusersCondUNet",
+    "DiffusersCondUNetConfig",
+    "DiffusersUNet",
+    "DiffusersUNetConfig",
+    "MyBlock",
+    "MyUNet",
+    "MyUNetConfig",
+    "NetConfig",
+    "SimpleUnet",
+    "SimpleUnetConfig",
+    "SinusoidalPositionEmbeddings",
+    "UNet",
+    "UNetConfig",
+    "build_net",
+    "corrupt",
+    "default_net_config",
+    "mixing_sample",
+    "net_config_from_dict",
+    "param_count",
+    "predicts",
+    "required_image_size",
+    "sinusoidal_embedding",
+]
