@@ -102,8 +102,12 @@ def train(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    max_seconds: float | None = None,
 ) -> TrainResult:
-    """Train ``config`` into the run folder ``out`` (see the README for its layout)."""
+    """Train ``config`` into the run folder ``out`` (see the README for its layout).
+
+    ``max_seconds`` stops early (with a checkpoint) once that much training time has passed: for
+    equal-time comparisons in benchmarks."""
     from difflab.nets import build_net, param_count
 
     out = Path(out)
@@ -247,12 +251,15 @@ def train(
             if step % cfg.sample_every == 0 or step == cfg.steps:
                 sample_grid()
                 net.train()
+            if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
+                log(f"stopping at step {step}: the time limit of {max_seconds:.0f} s is reached")
+                break
     except CheckpointError as err:
         raise TrainingError(str(err)) from err
     finally:
         bar.close()
         log_file.close()
-    if not list_checkpoints(ckpt_dir):
+    if not list_checkpoints(ckpt_dir) or list_checkpoints(ckpt_dir)[-1][0] != step:
         checkpoint()
     seconds = time.perf_counter() - t_start
     try:
