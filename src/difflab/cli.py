@@ -124,9 +124,21 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def add_sample_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddim")
-    p.add_argument("--steps", type=positive_int, help="sampling steps (default 50 for ddim, T for ddpm)")
-    p.add_argument("--eta", type=non_negative_float, help="DDIM noise (0 = deterministic)")
+    from difflab.samplers import GRIDS, SAMPLERS
+
+    p.add_argument("--sampler", choices=tuple(SAMPLERS), default="ddim")
+    p.add_argument("--steps", type=positive_int, help="sampling steps (default 50; T for ddpm)")
+    p.add_argument(
+        "--sigmas",
+        choices=GRIDS,
+        help="noise levels of the sigma samplers (euler, heun, dpmpp-*, unipc): the respaced "
+        "timesteps (default), karras (rho=7) or uniform log-snr",
+    )
+    p.add_argument(
+        "--eta",
+        type=non_negative_float,
+        help="noise of ddim (0 = deterministic), euler-ancestral and dpmpp-*-sde (default 1)",
+    )
     p.add_argument("--variance", choices=("beta", "beta_tilde"), default="beta", help="DDPM sigma^2")
     p.add_argument("--no-clip", action="store_true", help="do not clip predicted x_0 to [-1, 1]")
     p.add_argument("--n", type=positive_int, default=64, help="number of images")
@@ -166,6 +178,7 @@ def write_sample_outputs(
         variance=args.variance,
         class_labels=labels,
         callback=callback if want_frames else None,
+        sigmas=getattr(args, "sigmas", None),
     )
     written = []
     if out is not None:

@@ -7,10 +7,18 @@ the noise scale, so x_t = a_t x_0 + b_t eps. A network predicts one of
 - ``x0``:  the clean image x_0 (seed 003's BasicUNet),
 - ``v``:   v = a_t eps - b_t x_0 (Salimans & Ho 2022, sec. 4),
 and :class:`Denoiser` turns any of them into both x_0 and eps, so samplers never care which.
+
+The sigma samplers (euler, heun, dpmpp-*, unipc) work in the VE parameterisation of Karras et al.
+(2022) and k-diffusion: x_sigma = x_t / a_t with sigma = b_t / a_t (``NoiseSchedule.sigmas``), so
+x_sigma = x_0 + sigma eps. :meth:`Denoiser.at_sigma` is the denoiser seen from there: it maps any
+sigma to a (float) model timestep by interpolating log-sigma over the schedule's discrete sigmas
+(k-diffusion's ``DiscreteSchedule.sigma_to_t``).
 """
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -153,25 +161,124 @@ class Denoiser:
     network's keyword inputs (``class_labels``, ``context``, ...) and is passed through untouched,
     so guidance and conditioning compose by wrapping ``model``. Computation runs in the dtype of
     ``x_t``; schedule values stay float64 until then.
+
+    :meth:`at_sigma` is the same denoiser in sigma space, for the sigma samplers. It passes float
+    timesteps to the network (float64 for float64 x, else float32); ``discrete=True`` rounds them
+    to the nearest integer and passes int64, for networks that look t up in a table (seed 000's
+    MyUNet). ``nfe`` counts calls of ``model`` (a guidance wrapper that runs the net twice counts
+    once).
     """
 
-    def __init__(self, model: Model, schedule: NoiseSchedule, prediction: str = "eps") -> None:
+    def __init__(
+        self, model: Model, schedule: NoiseSchedule, prediction: str = "eps", discrete: bool = False
+    ) -> None:
         check_choice("prediction", prediction, PREDICTIONS)
         self.model = model
         self.schedule = schedule
         self.prediction = prediction
+        self.discrete = discrete
+        self.nfe = 0
+        self._log_sigmas: Tensor | None = None
+        self._log_sigma_list: list[float] = []
+
+    def _run(self, x_t: Tensor, t: Tensor, cond: Mapping[str, Any] | None) -> Tensor:
+        self.nfe += 1
+        out = self.model(x_t, t, **(cond or {}))
+        if out.shape != x_t.shape:
+            raise ValueError(
+                f"the model returned shape {tuple(out.shape)} for input {tuple(x_t.shape)}; "
+                "a denoising network must return a tensor shaped like its input"
+            )
+        return out
 
     def __call__(
         self, x_t: Tensor, t: Tensor | int, cond: Mapping[str, Any] | None = None
     ) -> Denoised:
         batch = x_t.shape[0]
         t_vec = torch.as_tensor(t, dtype=torch.long, device=x_t.device).expand(batch)
-        out = self.model(x_t, t_vec, **(cond or {}))
-        if out.shape != x_t.shape:
-            raise ValueError(
-                f"the model returned shape {tuple(out.shape)} for input {tuple(x_t.shape)}; "
-                "a denoising network must return a tensor shaped like its input"
-            )
+        out = self._run(x_t, t_vec, cond)
         ab = alpha_bar_at(self.schedule, t_vec.cpu(), x_t)
         x0, eps = to_x0_eps(self.prediction, out, x_t, ab)
         return Denoised(x0, eps)
+
+    # ---- sigma space ------------------------------------------------------------------------
+    @property
+    def log_sigmas(self) -> Tensor:
+        """log sigma_t of the schedule's T discrete levels (float64, increasing; cached)."""
+        if self._log_sigmas is None:
+            self._log_sigmas = discrete_sigmas(self.schedule).log()
+            self._log_sigma_list = self._log_sigmas.tolist()
+        return self._log_sigmas
+
+    def timestep(self, sigma: float) -> float:
+        """The model timestep of noise level ``sigma`` (:func:`sigma_to_t` on Python floats, as
+        samplers call it every step): fractional, or rounded when ``discrete``."""
+        _ = self.log_sigmas
+        ls, log_sigma = self._log_sigma_list, math.log(sigma)
+        if len(ls) == 1:
+            return 0.0
+        low = min(max(bisect.bisect_right(ls, log_sigma) - 1, 0), len(ls) - 2)
+        t = low + min(max((log_sigma - ls[low]) / (ls[low + 1] - ls[low]), 0.0), 1.0)
+        if self.discrete or abs(t - round(t)) < 1e-6:
+            return float(round(t))
+        return t
+
+    def at_sigma(self, x: Tensor, sigma: float, cond: Mapping[str, Any] | None = None) -> Tensor:
+        """D(x_sigma; sigma) -> x_0 for x_sigma = x_0 + sigma eps (the VE/EDM denoiser).
+
+        The network sees x_t = x_sigma / sqrt(1 + sigma^2) at the timestep :meth:`timestep`
+        (k-diffusion's ``c_in``), and its output is converted at alpha_bar = 1 / (1 + sigma^2)
+        of the requested sigma, also when ``discrete`` rounds the timestep:
+        eps: x_0 = x_sigma - sigma eps; v: x_0 = x_sigma / (1 + sigma^2) - sigma / sqrt(1 + sigma^2) v.
+        """
+        sigma = float(sigma)
+        if self.discrete:
+            t_dtype = torch.long
+        else:
+            t_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        t = torch.full((x.shape[0],), self.timestep(sigma), dtype=t_dtype, device=x.device)
+        scale = math.sqrt(1.0 + sigma**2)
+        out = self._run(x / scale, t, cond)
+        if self.prediction == "eps":
+            return x - sigma * out
+        if self.prediction == "x0":
+            return out
+        return x / scale**2 - (sigma / scale) * out
+
+
+# A zero-terminal-SNR schedule has alpha_bar = 0 (sigma = inf) at its last step; the sigma view
+# replaces that 0 by 2^-24 as diffusers does (sigma ~ 4096), or by half the smallest positive value
+# if that is lower, so sigma_max is finite and the sigmas stay increasing.
+MIN_ALPHA_BAR = 2.0**-24
+
+
+def discrete_sigmas(schedule: NoiseSchedule) -> Tensor:
+    """sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) for t in [0, T) (float64), finite even for
+    a zero-terminal-SNR schedule (see :data:`MIN_ALPHA_BAR`)."""
+    ab = schedule.alphas_cumprod
+    if bool((ab <= 0).any()):
+        floor = min(MIN_ALPHA_BAR, 0.5 * float(ab[ab > 0].min())) if bool((ab > 0).any()) else MIN_ALPHA_BAR
+        ab = torch.where(ab > 0, ab, torch.full_like(ab, floor))
+    return ((1 - ab) / ab).sqrt()
+
+
+def sigma_to_t(log_sigmas: Tensor, sigma: Tensor) -> Tensor:
+    """Fractional timestep of ``sigma`` by linear interpolation of log sigma between the discrete
+    levels (k-diffusion ``DiscreteSchedule.sigma_to_t``), clamped to [0, T-1]. Values within 1e-6
+    of an integer are snapped to it, so sigmas taken from the grid give exact integer timesteps."""
+    if log_sigmas.numel() == 1:
+        return torch.zeros_like(sigma, dtype=torch.float64)
+    log_sigma = sigma.to(torch.float64).log()
+    low = (torch.searchsorted(log_sigmas, log_sigma, right=True) - 1).clamp(0, log_sigmas.numel() - 2)
+    lo, hi = log_sigmas[low], log_sigmas[low + 1]
+    t = low + ((log_sigma - lo) / (hi - lo)).clamp(0, 1)
+    return torch.where((t - t.round()).abs() < 1e-6, t.round(), t)
+
+
+def t_to_sigma(log_sigmas: Tensor, t: Tensor) -> Tensor:
+    """Inverse of :func:`sigma_to_t`: sigma at a fractional timestep, log-linear between levels."""
+    t = t.to(torch.float64).clamp(0, log_sigmas.numel() - 1)
+    low = t.floor().long().clamp(max=max(log_sigmas.numel() - 2, 0))
+    high = (low + 1).clamp(max=log_sigmas.numel() - 1)
+    w = t - low
+    return ((1 - w) * log_sigmas[low] + w * log_sigmas[high]).exp()

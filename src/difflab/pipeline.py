@@ -74,16 +74,26 @@ class Pipeline:
         clip_x0: bool = True,
         variance: str = "beta",
         spacing: str = "trailing",
+        sigmas: str | None = None,
+        discrete: bool | None = None,
         class_labels: Sequence[int] | Tensor | None = None,
         callback: StepCallback | None = None,
+        **options: Any,
     ) -> Tensor:
         """``n`` images in [-1, 1] on the CPU. Image i comes from seed ``seed + i`` whatever
         ``batch_size`` is, so the same seed gives the same bytes. ``class_labels`` (one per image)
-        conditions a class-conditional model."""
+        conditions a class-conditional model. ``sampler``, ``sigmas`` and ``options`` (s_churn,
+        order, ...) are those of :func:`difflab.sample`; ``steps`` defaults to the config's
+        ``sample_steps`` (T for ddpm). ``discrete`` defaults to True for MyUNet, whose time
+        embedding is a table of integer timesteps."""
         if n < 1:
             raise ValueError(f"n must be a positive number of images, got {n}")
         sampler = sampler or self.config.sample_sampler
-        steps = steps or (self.config.sample_steps if sampler == "ddim" else self.schedule.T)
+        steps = steps or (self.schedule.T if sampler == "ddpm" else self.config.sample_steps)
+        if discrete is None:
+            from difflab.nets import MyUNet
+
+            discrete = isinstance(self.net, MyUNet)
         labels = None if class_labels is None else torch.as_tensor(class_labels, dtype=torch.long)
         if labels is not None and labels.shape != (n,):
             raise ValueError(f"give one class label per image: {n} images, {tuple(labels.shape)} labels")
@@ -101,12 +111,15 @@ class Pipeline:
                 steps=steps,
                 prediction=self.config.prediction,
                 spacing=spacing,
+                sigmas=sigmas,
+                discrete=discrete,
                 eta=eta,
                 variance=variance,
                 clip_x0=clip_x0,
                 generator=gens,
                 cond=cond,
                 callback=callback,
+                **options,
             )
             out.append(x.float().clamp(-1, 1).cpu())
         return torch.cat(out)

@@ -26,7 +26,9 @@ RESUMABLE_CHANGES = (
 @dataclass(frozen=True)
 class TrainConfig(Config):
     """A training run. ``net`` is a network config (see :mod:`difflab.nets`); None resolves to
-    the default network for ``net_kind`` at the data's size.
+    the default network for ``net_kind`` at the data's size. ``objective="corrupt"`` is seed 003's
+    first model instead of a diffusion: the net predicts x_0 from ``corrupt(x, amount)``, a linear
+    mix with uniform noise, and samples with the notes' mixing sampler.
 
     The defaults are the demo's recipe, chosen for quality per CPU minute: a small UNet trained
     on the v target (Salimans & Ho 2022) with the cosine schedule and min-SNR-5 weighting
@@ -40,6 +42,7 @@ class TrainConfig(Config):
     schedule: Literal["linear", "scaled_linear", "cosine", "sigmoid"] = "cosine"
     T: int = 1000
     zero_terminal_snr: bool = False
+    objective: Literal["diffusion", "corrupt"] = "diffusion"
     prediction: Literal["eps", "x0", "v"] = "v"
     loss: Literal["mse", "l1", "huber"] = "mse"
     weighting: Literal["none", "min-snr"] = "min-snr"
@@ -92,6 +95,8 @@ class TrainConfig(Config):
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not 0 <= self.cond_drop < 1:
             raise ValueError(f"cond_drop must lie in [0, 1), got {self.cond_drop}")
+        if self.objective == "corrupt" and self.prediction != "x0":
+            raise ValueError("objective 'corrupt' trains an x_0 predictor; use prediction 'x0'")
         if self.sample_steps > self.T:
             raise ValueError(f"sample_steps={self.sample_steps} exceeds T={self.T}")
 

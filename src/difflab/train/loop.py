@@ -73,6 +73,20 @@ def prepare_data(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[TrainCon
     return cfg.replace(data=data_cfg, net=net_cfg), data
 
 
+def corrupt_loss(net: nn.Module, x0: torch.Tensor, amount: torch.Tensor, noise: torch.Tensor, kind: str
+                 ) -> torch.Tensor:
+    """Seed 003's first objective: predict x_0 from ``corrupt(x_0, amount)``, amount ~ U[0, 1), mixed
+    with uniform noise on the data range [-1, 1] (the notes' ``torch.rand`` on [0, 1] images, mapped
+    like the images; drawn from the step's Gaussian noise through its CDF)."""
+    from difflab.losses import elementwise_loss
+    from difflab.nets import corrupt
+
+    uniform = torch.special.ndtr(noise) * 2 - 1
+    noisy = corrupt(x0, amount, uniform)
+    t0 = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
+    return elementwise_loss(net(noisy, t0), x0, kind).mean()
+
+
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     """Linear warm-up over ``warmup_steps``, then constant or a cosine decay to 10%."""
 
@@ -200,18 +214,21 @@ def train(
                 drop = torch.rand(b, generator=gen).to(device) < cfg.cond_drop
                 cond = {"class_labels": torch.where(drop, num_classes, labels)}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
-                loss = diffusion_loss(
-                    net,
-                    x0,
-                    t,
-                    noise,
-                    schedule=schedule,
-                    prediction=cfg.prediction,
-                    loss=cfg.loss,
-                    weighting=cfg.weighting,
-                    snr_gamma=cfg.snr_gamma,
-                    cond=cond,
-                )
+                if cfg.objective == "corrupt":
+                    loss = corrupt_loss(net, x0, t.to(x0.dtype) / cfg.T, noise, cfg.loss)
+                else:
+                    loss = diffusion_loss(
+                        net,
+                        x0,
+                        t,
+                        noise,
+                        schedule=schedule,
+                        prediction=cfg.prediction,
+                        loss=cfg.loss,
+                        weighting=cfg.weighting,
+                        snr_gamma=cfg.snr_gamma,
+                        cond=cond,
+                    )
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 last = list_checkpoints(ckpt_dir)

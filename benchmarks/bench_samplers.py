@@ -1,0 +1,266 @@
+"""Samplers vs network evaluations: exact error on a Gaussian-mixture toy, per-step overhead
+against diffusers' schedulers, and (with ``--run``) digit quality of a trained model.
+
+1. Accuracy. Data is a 1-D Gaussian mixture, whose denoiser E[x_0 | x_sigma] is closed-form, so
+   every sampler runs with the exact model (linear schedule, T = 1000). For the deterministic
+   samplers the error is the RMS distance to the exact probability-flow solution on the same grid
+   (a DOP853 solve in log sigma to the grid's smallest sigma, rtol 1e-10, then the same final
+   denoising step); for all samplers also the Wasserstein-1 distance of the samples to the data
+   distribution (its floor is the Monte-Carlo noise of ``--n`` samples).
+2. Overhead. Milliseconds per network evaluation of difflab's ``sample`` and of a diffusers
+   scheduler loop on the same network (a tiny UNet, and a free "network" to isolate the sampler).
+3. Trained model (``--run RUN``): FD-digit against real MNIST and the classifier's confident share
+   vs NFE.
+
+    python benchmarks/bench_samplers.py --quick
+    python benchmarks/bench_samplers.py --run runs/mnist --sigmas karras
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import math
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from difflab import NoiseSchedule, sample
+from difflab.diffusion import discrete_sigmas, t_to_sigma
+from difflab.samplers import SAMPLERS, TIMESTEP_SAMPLERS, sigma_grid
+
+STOCHASTIC = {"ddpm": {}, "euler-ancestral": {}, "dpmpp-2m-sde": {}, "dpmpp-3m-sde": {}}
+DETERMINISTIC = {"ddim": {}, "euler": {}, "heun": {}, "dpmpp-2m": {}, "unipc": {}}
+EXTRA = {"heun (churn 10)": ("heun", {"s_churn": 10.0})}
+
+# ---- the Gaussian-mixture toy -----------------------------------------------------------------
+W = np.array([0.3, 0.5, 0.2])
+M = np.array([-0.8, 0.1, 0.7])
+S = np.array([0.1, 0.15, 0.05])
+
+
+def mixture_x0(x: np.ndarray, sigma: float | np.ndarray) -> np.ndarray:
+    """E[x_0 | x_sigma = x] for x_0 ~ sum_k w_k N(m_k, s_k^2), x_sigma = x_0 + sigma eps."""
+    x = x[..., None]
+    var = S**2 + np.asarray(sigma)[..., None] ** 2
+    logp = np.log(W) - 0.5 * np.log(var) - 0.5 * (x - M) ** 2 / var
+    gamma = np.exp(logp - logp.max(-1, keepdims=True))
+    gamma /= gamma.sum(-1, keepdims=True)
+    return (gamma * (M + S**2 / var * (x - M))).sum(-1)
+
+
+def mixture_model(schedule: NoiseSchedule) -> Callable[..., torch.Tensor]:
+    """The exact eps model at any (fractional) timestep: t -> sigma by difflab's interpolation."""
+    log_sigmas = discrete_sigmas(schedule).log()
+
+    def model(x_t: torch.Tensor, t: torch.Tensor, **_: object) -> torch.Tensor:
+        sigma = t_to_sigma(log_sigmas, t.cpu()).numpy().reshape(-1, *([1] * (x_t.ndim - 1)))
+        x_sigma = x_t.cpu().double().numpy() * np.sqrt(1 + sigma**2)
+        eps = (x_sigma - mixture_x0(x_sigma, sigma)) / sigma
+        return torch.from_numpy(eps).to(x_t)
+
+    return model
+
+
+def ode_reference(x_T: np.ndarray, sigma_start: float, sigma_end: float) -> np.ndarray:
+    """Exact probability-flow solution from sigma_start to sigma_end, then D(.; sigma_end)."""
+    from scipy.integrate import solve_ivp
+
+    def f(u: float, y: np.ndarray) -> np.ndarray:  # u = log sigma: dx/du = x - D(x; sigma)
+        return y - mixture_x0(y, math.exp(u))
+
+    y0 = x_T * math.sqrt(1 + sigma_start**2)
+    span = (math.log(sigma_start), math.log(sigma_end))
+    sol = solve_ivp(f, span, y0, method="DOP853", rtol=1e-10, atol=1e-10)
+    return mixture_x0(sol.y[:, -1], sigma_end)
+
+
+def mixture_cdf(x: np.ndarray) -> np.ndarray:
+    from scipy.stats import norm
+
+    return (W * norm.cdf((x[:, None] - M) / S)).sum(-1)
+
+
+def w1_to_data(samples: np.ndarray) -> float:
+    """Wasserstein-1 = int |F_n - F| dx between the empirical and the exact mixture CDF."""
+    xs = np.sort(samples)
+    grid = np.linspace(min(xs[0], -2.0), max(xs[-1], 2.0), 20001)
+    emp = np.searchsorted(xs, grid, side="right") / len(xs)
+    return float(np.abs(emp - mixture_cdf(grid)).sum() * (grid[1] - grid[0]))
+
+
+def steps_for(sampler: str, nfe: int) -> int:
+    return max(1, (nfe + 1) // 2) if sampler == "heun" else nfe
+
+
+def accuracy(args: argparse.Namespace) -> None:
+    sched = NoiseSchedule.linear(1000)
+    model = mixture_model(sched)
+    x_T = torch.randn((args.n, 1), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    runs = {**{k: (k, v) for k, v in {**DETERMINISTIC, **STOCHASTIC}.items()}, **EXTRA}
+    ode_err: dict[str, list[str]] = {}
+    w1: dict[str, list[str]] = {}
+    cache: dict[tuple[float, float], np.ndarray] = {}
+    for name, (sampler, options) in runs.items():
+        ode_err[name], w1[name] = [], []
+        for nfe in args.nfe:
+            steps = steps_for(sampler, nfe)
+            grid_kind = "timesteps" if sampler in TIMESTEP_SAMPLERS else args.sigmas
+            out = sample(
+                model, x_T, schedule=sched, sampler=sampler, steps=steps,
+                sigmas=None if sampler in TIMESTEP_SAMPLERS else grid_kind,
+                generator=torch.Generator().manual_seed(1), return_nfe=True, **options,
+            )
+            x = out.x.numpy().ravel()
+            w1[name].append(f"{w1_to_data(x):.4f}" + ("" if out.nfe == nfe else f" ({out.nfe})"))
+            if sampler in DETERMINISTIC and not options:
+                grid = sigma_grid(sched, steps, grid_kind, "trailing")
+                key = (float(grid[0]), float(grid[-2]))
+                if key not in cache:
+                    cache[key] = ode_reference(x_T.numpy().ravel(), *key)
+                ode_err[name].append(f"{np.sqrt(np.mean((x - cache[key]) ** 2)):.2e}")
+            else:
+                ode_err[name].append("-")
+    note = f"grid: {args.sigmas} for the sigma samplers, trailing timesteps for ddpm/ddim; {args.n} samples"
+    table(f"RMS error vs the exact ODE solution on the same grid ({note})", args.nfe, ode_err)
+    floor = w1_to_data(mixture_sample(args.n))
+    table(f"W1 to the data distribution ({note}; exact samples: {floor:.4f})", args.nfe, w1)
+
+
+def mixture_sample(n: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    k = rng.choice(len(W), size=n, p=W)
+    return M[k] + S[k] * rng.standard_normal(n)
+
+
+def table(title: str, nfes: list[int], rows: dict[str, list[str]]) -> None:
+    print(f"\n### {title}\n")
+    print("| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |")
+    print("|---|" + "---|" * len(nfes))
+    for name, cells in rows.items():
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+# ---- overhead vs diffusers ----------------------------------------------------------------------
+def diffusers_schedulers() -> dict[str, Callable[[], object]]:
+    import diffusers as d
+
+    return {
+        "ddim": lambda: d.DDIMScheduler(timestep_spacing="trailing"),
+        "euler": lambda: d.EulerDiscreteScheduler(timestep_spacing="trailing"),
+        "euler-ancestral": lambda: d.EulerAncestralDiscreteScheduler(timestep_spacing="trailing"),
+        "heun": lambda: d.HeunDiscreteScheduler(timestep_spacing="trailing"),
+        "dpmpp-2m": lambda: d.DPMSolverMultistepScheduler(timestep_spacing="trailing"),
+        "dpmpp-2m-sde": lambda: d.DPMSolverMultistepScheduler(
+            algorithm_type="sde-dpmsolver++", timestep_spacing="trailing"
+        ),
+        "dpmpp-3m-sde": lambda: d.DPMSolverMultistepScheduler(
+            algorithm_type="sde-dpmsolver++", solver_order=3, timestep_spacing="trailing"
+        ),
+        "unipc": lambda: d.UniPCMultistepScheduler(timestep_spacing="trailing"),
+    }
+
+
+Net = Callable[..., torch.Tensor]
+
+
+def time_diffusers(make: Callable[[], Any], net: Net, x: torch.Tensor, steps: int) -> tuple[float, int]:
+    ref = make()
+    ref.set_timesteps(steps)
+    gen = torch.Generator().manual_seed(0)
+    kw = {"generator": gen} if "generator" in inspect.signature(ref.step).parameters else {}
+    t0 = time.perf_counter()
+    x = x * ref.init_noise_sigma
+    for t in ref.timesteps:
+        out = net(ref.scale_model_input(x, t), t.expand(x.shape[0]))
+        x = ref.step(out, t, x, **kw).prev_sample
+    return time.perf_counter() - t0, len(ref.timesteps)
+
+
+def time_difflab(sampler: str, net: Net, x: torch.Tensor, steps: int) -> tuple[float, int]:
+    sched = NoiseSchedule.linear(1000)
+    gen = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    out = sample(net, x, schedule=sched, sampler=sampler, steps=steps, generator=gen, return_nfe=True)
+    return time.perf_counter() - t0, out.nfe
+
+
+def overhead(args: argparse.Namespace) -> None:
+    from difflab.nets import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    unet = UNet(UNetConfig(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, groups=8)).eval()
+    nets: dict[str, Callable[..., torch.Tensor]] = {
+        "none (0.1 x)": lambda x, t, **_: 0.1 * x,
+        "tiny UNet": lambda x, t, **_: unet(x, t.float()),
+    }
+    x = torch.randn((args.batch, 1, 28, 28), generator=torch.Generator().manual_seed(0))
+    print(f"\n### ms per network evaluation, batch {args.batch}x1x28x28, {args.time_steps} steps, "
+          f"best of {args.repeats}\n")
+    print("| network | sampler | NFE | difflab ms | diffusers ms | ratio |")
+    print("|---|---|---|---|---|---|")
+    refs = diffusers_schedulers()
+    with torch.no_grad():
+        for net_name, net in nets.items():
+            for sampler, make in refs.items():
+                ours = min(time_difflab(sampler, net, x, args.time_steps) for _ in range(args.repeats))
+                theirs = min(time_diffusers(make, net, x, args.time_steps) for _ in range(args.repeats))
+                a, b = 1e3 * ours[0] / ours[1], 1e3 * theirs[0] / theirs[1]
+                nfe = f"{ours[1]} / {theirs[1]}"
+                print(f"| {net_name} | {sampler} | {nfe} | {a:.3f} | {b:.3f} | {a / b:.2f} |")
+
+
+# ---- a trained model -----------------------------------------------------------------------------
+def trained(args: argparse.Namespace) -> None:
+    from difflab.data import load_dataset, parse_data_spec
+    from difflab.eval.digit_classifier import digit_scores, fd_digit
+    from difflab.pipeline import load
+
+    pipe = load(args.run, "auto")
+    data = load_dataset(parse_data_spec("mnist"))
+    real, _ = data.batch(torch.arange(min(args.n_images, len(data))))
+    fd: dict[str, list[str]] = {}
+    conf: dict[str, list[str]] = {}
+    for sampler in [s for s in SAMPLERS if s != "ddpm"]:
+        fd[sampler], conf[sampler] = [], []
+        for nfe in args.nfe:
+            images = pipe.sample(args.n_images, sampler=sampler, steps=steps_for(sampler, nfe), seed=0,
+                                 sigmas=None if sampler in TIMESTEP_SAMPLERS else args.sigmas)
+            fd[sampler].append(f"{fd_digit(images, real):.2f}")
+            conf[sampler].append(f"{float(digit_scores(images)['confident_share']):.3f}")
+    note = f"{args.run}, {args.n_images} images, grid {args.sigmas}"
+    table(f"FD-digit vs real MNIST ({note})", args.nfe, fd)
+    table(f"confident share ({note})", args.nfe, conf)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny settings: checks the script runs")
+    parser.add_argument("--sigmas", default="karras", choices=("timesteps", "karras", "log-snr"))
+    parser.add_argument("--n", type=int, default=4000, help="toy samples")
+    parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50, 100])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--time-steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--run", help="a trained run folder for the digit scores")
+    parser.add_argument("--n-images", type=int, default=1000)
+    parser.add_argument("--skip", nargs="*", default=[], choices=("accuracy", "overhead"))
+    args = parser.parse_args()
+    if args.quick:
+        args.n, args.nfe, args.batch, args.time_steps, args.repeats, args.n_images = 300, [5, 10], 2, 4, 1, 64
+    print(f"# samplers on {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}")
+    if "accuracy" not in args.skip:
+        accuracy(args)
+    if "overhead" not in args.skip:
+        overhead(args)
+    if args.run:
+        trained(args)
+
+
+if __name__ == "__main__":
+    main()
