@@ -120,3 +120,19 @@ def test_corrupt_weights_are_reported(run_dir, tmp_path):
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     r = run_cli("sample", broken, "--n", "1", "--out", tmp_path / "x.png")
     assert r.returncode == 2 and "not a readable safetensors file" in r.stderr
+
+
+def test_seed003_first_model_trains_with_corrupt_and_samples_with_mix(tmp_path):
+    run = tmp_path / "first"
+    r = run_cli("train", "--objective", "corrupt", "--data", "mnist", "--limit", "64", "--steps", "4",
+                "--batch-size", "8", "--out", run, "--no-progress", "--sample-every", "4")
+    assert r.returncode == 0, r.stderr
+    from difflab.train import TrainConfig
+
+    cfg = TrainConfig.from_json(run / "config.json")
+    assert (cfg.net_kind, cfg.prediction, cfg.objective) == ("basic-unet", "x0", "corrupt")
+    r = run_cli("sample", run, "--n", "4", "--steps", "5", "--out", tmp_path / "mix.png")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "mix.png").is_file()
+    r = run_cli("sample", run, "--sampler", "ddim", "--n", "1", "--out", tmp_path / "bad.png")
+    assert r.returncode == 2 and "--sampler mix" in r.stderr

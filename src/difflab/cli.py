@@ -58,7 +58,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--schedule", choices=SCHEDULES)
     p.add_argument("--T", type=positive_int, help="training timesteps")
-    p.add_argument("--prediction", choices=("eps", "x0", "v"))
+    p.add_argument("--prediction", choices=("eps", "x0", "v"), help="default: v (x0 for basic-unet)")
+    p.add_argument("--objective", choices=("diffusion", "corrupt"),
+                   help="corrupt = seed 003's first model: BasicUNet predicting x_0 from a noise mix")
     p.add_argument("--loss", choices=("mse", "l1", "huber"))
     p.add_argument("--weighting", choices=("none", "min-snr"))
     p.add_argument("--image-size", type=positive_int, help="resize the data to N x N")
@@ -107,6 +109,14 @@ def train_config_from_args(args: argparse.Namespace) -> Any:
             overrides[field] = getattr(args, arg)
     if args.class_cond:
         overrides["class_cond"] = True
+    if args.objective == "corrupt":
+        overrides.update(objective="corrupt", prediction="x0", sample_sampler="mix")
+        overrides.setdefault("net_kind", "basic-unet")
+    if args.prediction is None and "prediction" not in overrides and overrides.get("net_kind"):
+        from difflab.nets import predicts
+
+        if predicts(overrides["net_kind"]) == "x0":
+            overrides["prediction"] = "x0"
     if args.preset:
         return preset_config(args.preset, **overrides)
     return TrainConfig(**overrides)
@@ -126,7 +136,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 def add_sample_args(p: argparse.ArgumentParser) -> None:
     from difflab.samplers import GRIDS, SAMPLERS
 
-    p.add_argument("--sampler", choices=tuple(SAMPLERS), default="ddim")
+    p.add_argument("--sampler", choices=(*SAMPLERS, "mix"), default=None,
+                   help="default: ddim (mix for --objective corrupt runs)")
     p.add_argument("--steps", type=positive_int, help="sampling steps (default 50; T for ddpm)")
     p.add_argument(
         "--sigmas",

@@ -98,6 +98,7 @@ class Config:
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> Self:
-        p = Path(text_or_path)
-        text = p.read_text() if p.suffix == ".json" or p.exists() else str(text_or_path)
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            text = Path(text_or_path).read_text()
         return cls.from_dict(json.loads(text))

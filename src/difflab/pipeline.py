@@ -88,7 +88,13 @@ class Pipeline:
         embedding is a table of integer timesteps."""
         if n < 1:
             raise ValueError(f"n must be a positive number of images, got {n}")
+        if self.config.objective == "corrupt":
+            return self._sample_mixing(n, sampler, steps, seed, batch_size, callback)
         sampler = sampler or self.config.sample_sampler
+        if sampler == "mix":
+            raise ValueError(
+                "--sampler mix is for runs trained with --objective corrupt; pick a diffusion sampler"
+            )
         steps = steps or (self.schedule.T if sampler == "ddpm" else self.config.sample_steps)
         if discrete is None:
             from difflab.nets import MyUNet
@@ -121,6 +127,24 @@ class Pipeline:
                 callback=callback,
                 **options,
             )
+            out.append(x.float().clamp(-1, 1).cpu())
+        return torch.cat(out)
+
+    def _sample_mixing(self, n: int, sampler: str | None, steps: int | None, seed: int, batch_size: int,
+                       callback: StepCallback | None) -> Tensor:
+        """Seed 003's first model: start from uniform noise and mix in the predicted x_0."""
+        from difflab.nets import mixing_sample
+
+        if sampler not in (None, "mix"):
+            raise ValueError("this run was trained with --objective corrupt (seed 003's first model); "
+                             "sample it with --sampler mix")
+        steps = steps or self.config.sample_steps
+        out = []
+        for start in range(0, n, batch_size):
+            gens = generators_from_seeds(range(seed + start, seed + min(n, start + batch_size)))
+            x = torch.stack([torch.rand(self.image_shape, generator=g) * 2 - 1 for g in gens]).to(self.device)
+            step_fn = None if callback is None else (lambda i, x_, p: callback(i, steps - 1 - i, x_, p))
+            x = mixing_sample(self.net, x, steps, step_fn)
             out.append(x.float().clamp(-1, 1).cpu())
         return torch.cat(out)
 

@@ -64,7 +64,7 @@ class TrainConfig(Config):
     keep_checkpoints: int = 3
     sample_every: int = 500
     sample_n: int = 64
-    sample_sampler: Literal["ddpm", "ddim"] = "ddim"
+    sample_sampler: str = "ddim"
     sample_steps: int = 50
     log_every: int = 10
     device: str = "auto"
@@ -95,6 +95,9 @@ class TrainConfig(Config):
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not 0 <= self.cond_drop < 1:
             raise ValueError(f"cond_drop must lie in [0, 1), got {self.cond_drop}")
+        from difflab.samplers import SAMPLERS
+
+        check_choice("sample_sampler", self.sample_sampler, (*SAMPLERS, "mix"))
         if self.objective == "corrupt" and self.prediction != "x0":
             raise ValueError("objective 'corrupt' trains an x_0 predictor; use prediction 'x0'")
         if self.sample_steps > self.T:
