@@ -222,10 +222,11 @@ def trained(args: argparse.Namespace) -> None:
 
     pipe = load(args.run, "auto")
     data = load_dataset(parse_data_spec("mnist"))
-    real, _ = data.batch(torch.arange(min(args.n_images, len(data))))
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))  # rows are sorted by label
+    real, _ = data.batch(order[: min(args.n_images, len(data))])
     fd: dict[str, list[str]] = {}
     conf: dict[str, list[str]] = {}
-    for sampler in [s for s in SAMPLERS if s != "ddpm"]:
+    for sampler in args.samplers or [s for s in SAMPLERS if s != "ddpm"]:
         fd[sampler], conf[sampler] = [], []
         for nfe in args.nfe:
             images = pipe.sample(args.n_images, sampler=sampler, steps=steps_for(sampler, nfe), seed=0,
@@ -248,6 +249,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--run", help="a trained run folder for the digit scores")
     parser.add_argument("--n-images", type=int, default=1000)
+    parser.add_argument("--samplers", nargs="*", choices=tuple(SAMPLERS),
+                        help="for --run (default: all but ddpm)")
     parser.add_argument("--skip", nargs="*", default=[], choices=("accuracy", "overhead"))
     args = parser.parse_args()
     if args.quick:
