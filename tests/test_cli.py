@@ -136,3 +136,12 @@ def test_seed003_first_model_trains_with_corrupt_and_samples_with_mix(tmp_path):
     assert (tmp_path / "mix.png").is_file()
     r = run_cli("sample", run, "--sampler", "ddim", "--n", "1", "--out", tmp_path / "bad.png")
     assert r.returncode == 2 and "--sampler mix" in r.stderr
+
+
+def test_demo_writes_every_picture(tmp_path):
+    r = run_cli("demo", "--out", tmp_path / "demo", "--steps", "3", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    for name in ("samples.png", "denoise.gif", "progression.png", "forward.png", "loss.png"):
+        assert (tmp_path / "demo" / name).is_file(), name
+        assert f"wrote {tmp_path / 'demo' / name}" in r.stdout
+    assert (tmp_path / "demo" / "run" / "model.safetensors").is_file()
