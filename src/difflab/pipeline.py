@@ -58,9 +58,6 @@ class Pipeline:
         size = data.image_size or getattr(net, "image_size", None) or 28
         return (int(getattr(net, "in_channels", 1)), int(size), int(size))
 
-    def _model(self, x: Tensor, t: Tensor, **cond: Any) -> Tensor:
-        return self.net(x, t, **cond)
-
     @torch.no_grad()
     def sample(
         self,
@@ -110,7 +107,7 @@ class Pipeline:
             x_T = torch.stack([torch.randn(self.image_shape, generator=g) for g in gens]).to(self.device)
             cond = None if labels is None else {"class_labels": labels[idx.start : idx.stop].to(self.device)}
             x = sample(
-                self._model,
+                self.net,
                 x_T,
                 schedule=self.schedule,
                 sampler=sampler,

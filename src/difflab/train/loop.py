@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -276,7 +275,8 @@ def train(
     finally:
         bar.close()
         log_file.close()
-    if not list_checkpoints(ckpt_dir) or list_checkpoints(ckpt_dir)[-1][0] != step:
+    saved = list_checkpoints(ckpt_dir)
+    if not saved or saved[-1][0] != step:
         checkpoint()
     seconds = time.perf_counter() - t_start
     try:
@@ -289,11 +289,3 @@ def train(
         out, step, last_loss, seconds, 0.0 if seconds == 0 else step * cfg.batch_size / seconds
     )
 
-
-def run_info(out: str | Path) -> dict[str, Any]:
-    """The step and files of a run folder (for ``difflab info``)."""
-    out = Path(out)
-    return {
-        "config": str(out / "config.json"),
-        "checkpoints": [str(p) for _, p in list_checkpoints(out / "checkpoints")],
-    }
