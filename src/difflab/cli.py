@@ -71,6 +71,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema-decay", type=non_negative_float)
     p.add_argument("--checkpoint-every", type=positive_int)
     p.add_argument("--sample-every", type=positive_int)
+    p.add_argument("--eval-every", type=positive_int,
+                   help="score the EMA model every N steps (FD-digit on digits, else FD-EffNetLite0) "
+                   "into log.jsonl and eval.png")
+    p.add_argument("--eval-n", type=positive_int, help="samples per --eval-every score (default 256)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -102,6 +106,8 @@ def train_config_from_args(args: argparse.Namespace) -> Any:
         "ema_decay": "ema_decay",
         "checkpoint_every": "checkpoint_every",
         "sample_every": "sample_every",
+        "eval_every": "eval_every",
+        "eval_n": "eval_n",
         "device": "device",
     }
     for arg, field in mapping.items():
@@ -311,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, help="training steps (default: the default config's)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    from difflab.cli_eval import add_eval_commands
+
+    add_eval_commands(sub)
     return parser
 
 
@@ -322,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, TrainingError, CheckpointError, DataError, FileNotFoundError) as err:
+    except (ValueError, TrainingError, CheckpointError, DataError, OSError, ImportError) as err:
         print(f"difflab: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -390,3 +390,25 @@ def plot_loss(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return path
+
+
+def plot_eval(log: str | Path | Iterable[Mapping[str, Any]], path: str | Path) -> Path:
+    """The ``--eval-every`` scores of ``log.jsonl`` (records ``{"step", "eval": {name: value}}``)
+    against step, one panel per score."""
+    from matplotlib.figure import Figure
+
+    records = [r for r in read_log(log) if isinstance(r.get("eval"), dict)]
+    names = list(dict.fromkeys(k for r in records for k in r["eval"]))
+    if not names:
+        where = log if isinstance(log, str | Path) else "the records"
+        raise ValueError(f"no 'eval' records in {where}; train with --eval-every N")
+    fig = Figure(figsize=(5 * len(names), 4), layout="constrained")
+    for ax, name in zip(fig.subplots(1, len(names), squeeze=False)[0], names, strict=True):
+        steps, values = _series([{"step": r["step"], name: r["eval"].get(name)} for r in records], name)
+        ax.plot(steps, values, marker="o", color="tab:green")
+        ax.set(title=name, xlabel="step")
+        ax.grid(alpha=0.3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path

@@ -19,6 +19,10 @@ RESUMABLE_CHANGES = (
     "sample_every",
     "log_every",
     "sample_n",
+    "eval_every",
+    "eval_n",
+    "eval_steps",
+    "eval_metric",
     "device",
 )
 
@@ -67,6 +71,10 @@ class TrainConfig(Config):
     sample_sampler: str = "ddim"
     sample_steps: int = 50
     log_every: int = 10
+    eval_every: int = 0
+    eval_n: int = 256
+    eval_steps: int = 20
+    eval_metric: Literal["auto", "fd-digit", "fd-effnet"] = "auto"
     device: str = "auto"
     preset: str | None = None
 
@@ -86,9 +94,13 @@ class TrainConfig(Config):
             "log_every",
             "sample_n",
             "sample_steps",
+            "eval_n",
+            "eval_steps",
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0 (0 = off), got {self.eval_every}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.ema_decay < 1:

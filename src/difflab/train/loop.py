@@ -192,6 +192,18 @@ def train(
         save_grid(images, out / "samples" / f"step_{step:07d}.png")
         ema.model.eval()
 
+    evaluator = None
+    if cfg.eval_every:
+        from difflab.train.evaluation import TrainingEval
+
+        evaluator = TrainingEval(cfg, data, device, log)
+
+    def run_eval() -> None:
+        scores = evaluator(ema.model)
+        log_file.write(json.dumps({"step": step, "eval": scores}) + "\n")
+        log_file.flush()
+        bar.write(f"step {step}: " + ", ".join(f"{k} {v:g}" for k, v in scores.items()))
+
     from tqdm.auto import tqdm
 
     bar = tqdm(
@@ -267,6 +279,9 @@ def train(
             if step % cfg.sample_every == 0 or step == cfg.steps:
                 sample_grid()
                 net.train()
+            if evaluator is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+                run_eval()
+                net.train()
             if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
                 log(f"stopping at step {step}: the time limit of {max_seconds:.0f} s is reached")
                 break
@@ -283,6 +298,10 @@ def train(
         from difflab.viz import plot_loss
 
         plot_loss(out / "log.jsonl", out / "loss.png")
+        if evaluator is not None:
+            from difflab.viz import plot_eval
+
+            plot_eval(out / "log.jsonl", out / "eval.png")
     except ValueError:
         pass  # too few records to plot
     return TrainResult(
