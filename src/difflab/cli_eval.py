@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from difflab.eval.features import FEATURES
@@ -27,6 +28,11 @@ def add_extractor_args(p: argparse.ArgumentParser, default: str = "effnet-lite0"
     p.add_argument("--json", type=Path, help="also write the result as JSON")
 
 
+def note(text: str) -> None:
+    """Progress and warnings go to stderr; stdout carries only the result."""
+    print(text, file=sys.stderr)
+
+
 def cmd_fd(args: argparse.Namespace) -> None:
     from difflab.eval.evaluate import fd_paths, write_json
 
@@ -34,7 +40,7 @@ def cmd_fd(args: argparse.Namespace) -> None:
         raise ValueError("give two paths to compare, or one path with --save-stats FILE.npz")
     result = fd_paths(args.path_a, args.path_b, features=args.features, batch_size=args.batch_size,
                       device=args.device, image_size=args.image_size, save_stats=args.save_stats,
-                      inception_weights=args.inception_weights, allow_download=args.download)
+                      inception_weights=args.inception_weights, allow_download=args.download, log=note)
     if "value" in result:
         print(f"{result['label']}: {result['value']:.4f}  ({result['n_a']} vs {result['n_b']} images)")
     if args.json:
@@ -49,7 +55,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         batch_size=args.sample_batch_size, device=args.device, data=args.data, real_n=args.real_n,
         features=args.features, bpd_n=args.bpd_n, bpd_timesteps=args.bpd_timesteps,
         inception_weights=args.inception_weights, allow_download=args.download, cache=not args.no_cache,
-        progress=not args.no_progress,
+        progress=not args.no_progress, log=note,
     )
     print(report.table())
     if args.json:
