@@ -116,11 +116,13 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
     max_seconds: float | None = None,
+    on_step: Callable[[int, float, nn.Module], None] | None = None,
 ) -> TrainResult:
     """Train ``config`` into the run folder ``out`` (see the README for its layout).
 
     ``max_seconds`` stops early (with a checkpoint) once that much training time has passed: for
-    equal-time comparisons in benchmarks."""
+    equal-time comparisons in benchmarks. ``on_step(step, seconds, ema_model)`` is called after
+    every optimizer step (e.g. to snapshot the EMA weights at fixed wall-clock times)."""
     from difflab.nets import build_net, param_count
 
     out = Path(out)
@@ -282,6 +284,8 @@ def train(
             if evaluator is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
                 run_eval()
                 net.train()
+            if on_step is not None:
+                on_step(step, time.perf_counter() - t_start, ema.model)
             if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
                 log(f"stopping at step {step}: the time limit of {max_seconds:.0f} s is reached")
                 break
