@@ -76,6 +76,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    "into log.jsonl and eval.png")
     p.add_argument("--eval-n", type=positive_int, help="samples per --eval-every score (default 256)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network for training")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -115,6 +116,8 @@ def train_config_from_args(args: argparse.Namespace) -> Any:
             overrides[field] = getattr(args, arg)
     if args.class_cond:
         overrides["class_cond"] = True
+    if args.compile:
+        overrides["compile"] = True
     if args.objective == "corrupt":
         overrides.update(objective="corrupt", prediction="x0", sample_sampler="mix")
         overrides.setdefault("net_kind", "basic-unet")

@@ -23,6 +23,7 @@ RESUMABLE_CHANGES = (
     "eval_n",
     "eval_steps",
     "eval_metric",
+    "compile",
     "device",
 )
 
@@ -75,6 +76,7 @@ class TrainConfig(Config):
     eval_n: int = 256
     eval_steps: int = 20
     eval_metric: Literal["auto", "fd-digit", "fd-effnet"] = "auto"
+    compile: bool = False
     device: str = "auto"
     preset: str | None = None
 

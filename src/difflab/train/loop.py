@@ -155,6 +155,9 @@ def train(
     schedule = cfg.make_schedule()
     ckpt_dir = out / "checkpoints"
     step = 0
+    if device.type != "cpu":
+        data.images = data.images.to(device)  # uint8 and small: batches are gathered on the device
+    model = torch.compile(net) if cfg.compile else net  # same parameters; state dicts come from net
     if resume and (found := list_checkpoints(ckpt_dir)):
         state = load_checkpoint(found[-1][1])
         net.load_state_dict(state["model"])
@@ -212,7 +215,28 @@ def train(
         total=cfg.steps, initial=step, disable=not progress, desc="training", unit="step", dynamic_ncols=True
     )
     log_file = (out / "log.jsonl").open("a")
-    t_start, window, window_t, last_loss = time.perf_counter(), [], time.perf_counter(), float("nan")
+    t_start, window_t, last_loss = time.perf_counter(), time.perf_counter(), float("nan")
+    window: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet read back from the device
+    losses: list[float] = []  # read-back losses of the current logging window
+    # Reading a loss back forces a host-device sync; on accelerators do it every log_every steps.
+    sync_every = 1 if device.type == "cpu" else cfg.log_every
+
+    def check_finite() -> None:
+        if not window:
+            return
+        numbers = [n for n, _ in window]
+        values = torch.stack([v for _, v in window]).float().cpu().tolist()
+        window.clear()
+        for number, value in zip(numbers, values, strict=True):
+            if not math.isfinite(value):
+                last = list_checkpoints(ckpt_dir)
+                where = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint was written"
+                raise TrainingError(
+                    f"loss became {value} at step {number}; {where}. "
+                    "Lower --lr or check the data, then --resume"
+                )
+        losses.extend(values)
+
     use_autocast = device.type == "cuda"
     num_classes = int(getattr(net, "num_classes", 0))
     net.train()
@@ -228,10 +252,10 @@ def train(
                 cond = {"class_labels": torch.where(drop, num_classes, labels)}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
                 if cfg.objective == "corrupt":
-                    loss = corrupt_loss(net, x0, t.to(x0.dtype) / cfg.T, noise, cfg.loss)
+                    loss = corrupt_loss(model, x0, t.to(x0.dtype) / cfg.T, noise, cfg.loss)
                 else:
                     loss = diffusion_loss(
-                        net,
+                        model,
                         x0,
                         t,
                         noise,
@@ -242,14 +266,9 @@ def train(
                         snr_gamma=cfg.snr_gamma,
                         cond=cond,
                     )
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                last = list_checkpoints(ckpt_dir)
-                where = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint was written"
-                raise TrainingError(
-                    f"loss became {loss_value} at step {step + 1}; {where}. "
-                    "Lower --lr or check the data, then --resume"
-                )
+            window.append((step + 1, loss.detach()))
+            if len(window) >= sync_every:
+                check_finite()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -258,14 +277,14 @@ def train(
             scheduler.step()
             ema.update(net)
             step += 1
-            window.append(loss_value)
-            last_loss = loss_value
             if step % cfg.log_every == 0 or step == cfg.steps:
+                check_finite()
                 now = time.perf_counter()
-                ips = len(window) * cfg.batch_size / max(now - window_t, 1e-9)
+                ips = len(losses) * cfg.batch_size / max(now - window_t, 1e-9)
+                last_loss = losses[-1]
                 record = {
                     "step": step,
-                    "loss": sum(window) / len(window),
+                    "loss": sum(losses) / len(losses),
                     "lr": scheduler.get_last_lr()[0],
                     "images_per_s": round(ips, 2),
                     "epoch": round(batcher.progress, 4),
@@ -274,9 +293,11 @@ def train(
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
                 bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{ips:.0f}")
-                window, window_t = [], now
+                losses.clear()
+                window_t = now
             bar.update(1)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                check_finite()
                 checkpoint()
             if step % cfg.sample_every == 0 or step == cfg.steps:
                 sample_grid()
@@ -294,6 +315,8 @@ def train(
     finally:
         bar.close()
         log_file.close()
+    check_finite()
+    last_loss = losses[-1] if losses else last_loss
     saved = list_checkpoints(ckpt_dir)
     if not saved or saved[-1][0] != step:
         checkpoint()
