@@ -4,7 +4,7 @@ difflab's default config against the diffusers-course recipe (``--preset seed003
 UNet2DModel 1.7M, eps target, cosine schedule, AdamW 4e-4, batch 128; run by difflab's loop, whose
 overhead against a plain diffusers loop is measured by ``bench_train_speed.py``). Each config trains
 once for the longest budget; the EMA weights are copied when each mark is passed, then every copy
-draws 256 samples (DDIM, 50 steps, seeds 0..255) scored by the pre-trained MNIST classifier
+draws 256 samples (DDIM, 25 steps, seeds 0..255) scored by the pre-trained MNIST classifier
 (confident share, class entropy) and FD-digit against the 5,000 real digits.
 
 With ``--parallel`` (the default on a machine with at least two cores) the two configs train at
@@ -41,7 +41,7 @@ def make_config(name: str):
     return preset_config("seed003", steps=big, sample_every=big, checkpoint_every=big)
 
 
-def worker(name: str, marks: list[float], out: Path, n: int) -> list[dict]:
+def worker(name: str, marks: list[float], out: Path, n: int, steps: int) -> list[dict]:
     from difflab.data import DataConfig, load_dataset
     from difflab.data.images import uint8_to_float
     from difflab.eval.evaluate import frechet
@@ -70,7 +70,7 @@ def worker(name: str, marks: list[float], out: Path, n: int) -> list[dict]:
     rows = []
     for mark, step, seconds, state in snaps:
         pipe.net.load_state_dict(state)
-        images = pipe.sample(n, sampler="ddim", steps=50, seed=0, batch_size=128)
+        images = pipe.sample(n, sampler="ddim", steps=steps, seed=0, batch_size=128)
         probs = digit.probs(images)
         rows.append({"config": name, "minutes": mark / 60, "steps": step, "train_s": round(seconds),
                      "images_seen": step * cfg.batch_size,
@@ -84,6 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--marks", type=float, nargs="+", default=[2, 5, 10, 20], help="minutes")
     parser.add_argument("--n", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=25, help="DDIM steps of the scored samples")
     parser.add_argument("--only", choices=CONFIGS)
     parser.add_argument("--serial", action="store_true", help="train the configs one after the other")
     parser.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)
@@ -91,7 +92,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.worker:
-        rows = worker(args.worker, args.marks, args.out, args.n)
+        rows = worker(args.worker, args.marks, args.out, args.n, args.steps)
         args.json.write_text(json.dumps(rows))
         return
 
@@ -103,7 +104,8 @@ def main() -> None:
     t0 = time.perf_counter()
     for i, name in enumerate(names):
         cmd = [sys.executable, __file__, "--worker", name, "--marks", *map(str, args.marks),
-               "--n", str(args.n), "--out", str(root / name), "--json", str(root / f"{name}.json")]
+               "--n", str(args.n), "--steps", str(args.steps),
+               "--out", str(root / name), "--json", str(root / f"{name}.json")]
         if parallel and shutil.which("taskset"):
             cmd = ["taskset", "-c", str(i % (os.cpu_count() or 1)), *cmd]
         proc = subprocess.Popen(cmd, env=env)
