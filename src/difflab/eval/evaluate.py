@@ -192,7 +192,8 @@ def evaluate(
             r, f = pair(features)
             mean, std = kernel_distance(r.need_features("KID"), f.need_features("KID"), seed=seed)
             label = "KID" if features == "inception" else f"KID-{r.label.removeprefix('FD-')}"
-            report.scores.append(Score(label, mean, std, note="x1000 is common; subsets of <=1000"))
+            size = min(r.n, f.n, 1000)
+            report.scores.append(Score(label, mean, std, note=f"mean ± std over 100 subsets of {size}"))
         elif metric == "precision-recall":
             from difflab.eval.precision_recall import precision_recall
 
