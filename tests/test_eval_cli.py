@@ -182,3 +182,21 @@ def test_eval_every_logs_and_plots(tiny_run):
     assert [r["step"] for r in evals] == [2, 4]
     assert set(evals[0]["eval"]) == {"FD-digit", "confident-digit"}
     assert (tiny_run / "eval.png").stat().st_size > 1000
+
+
+def test_class_conditional_runs_report_accuracy_against_the_requested_class(tmp_path, monkeypatch):
+    from difflab.eval.features import DigitFeatures
+
+    out = tmp_path / "cond"
+    cfg = TrainConfig(data=DataConfig(source="mnist", limit=40), T=20, batch_size=8, steps=2,
+                      class_cond=True, checkpoint_every=2, sample_every=100, sample_n=2, sample_steps=5)
+    train(cfg, out, progress=False, log=lambda s: None)
+
+    def fake_probs(self, images, batch_size=512):  # classes 0..9 requested in turn; say 0 for all
+        return torch.nn.functional.one_hot(torch.zeros(len(images), dtype=torch.long), 10).float()
+
+    monkeypatch.setattr(DigitFeatures, "probs", fake_probs)
+    report = evaluate(out, n=20, metrics="digit", steps=2, device="cpu", progress=False, log=lambda s: None)
+    scores = {s.metric: s.value for s in report.scores}
+    assert scores["class-accuracy-digit"] == pytest.approx(0.1)  # only the class-0 requests agree
+    assert scores["confident-digit"] == 1.0 and scores["class-entropy-digit"] == 0.0

@@ -114,8 +114,9 @@ class TrainConfig(Config):
         check_choice("sample_sampler", self.sample_sampler, (*SAMPLERS, "mix"))
         if self.objective == "corrupt" and self.prediction != "x0":
             raise ValueError("objective 'corrupt' trains an x_0 predictor; use prediction 'x0'")
-        if self.sample_steps > self.T:
-            raise ValueError(f"sample_steps={self.sample_steps} exceeds T={self.T}")
+        for name in ("sample_steps", "eval_steps") if self.eval_every else ("sample_steps",):
+            if getattr(self, name) > self.T:
+                raise ValueError(f"{name}={getattr(self, name)} exceeds T={self.T}")
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
