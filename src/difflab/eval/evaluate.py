@@ -184,8 +184,8 @@ def evaluate(
     for metric in chosen:
         if metric in _FD_EXTRACTOR:
             r, f = pair(_FD_EXTRACTOR[metric])
-            report.scores.append(Score(r.label, frechet(r, f), note=f"vs {r.n} real; " +
-                                       rank_note(min(r.n, f.n), len(r.mu))))
+            note = "; ".join(filter(None, [f"vs {r.n} real", rank_note(min(r.n, f.n), len(r.mu))]))
+            report.scores.append(Score(r.label, frechet(r, f), note=note))
         elif metric == "kid":
             from difflab.eval.kid import kernel_distance
 
