@@ -102,7 +102,9 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
 
 def make_optimizer(cfg: TrainConfig, net: nn.Module, device: torch.device) -> torch.optim.Optimizer:
     params = [p for p in net.parameters() if p.requires_grad]
-    fused = {"fused": True} if device.type == "cuda" else {}
+    # One fused kernel per step instead of a loop over tensors: 5x faster updates on CPU as well
+    # (bench_train_speed.py), though only ~2% of a step with small nets.
+    fused = {"fused": True} if device.type in ("cuda", "cpu") else {}
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
