@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import platform
 import statistics
 import sys
 import time
@@ -51,23 +50,11 @@ from difflab import NoiseSchedule, sample
 from difflab.nets import build_net, default_net_config, param_count
 from difflab.nets.diffusers_nets import DiffusersUNet, DiffusersUNetConfig
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train_speed import machine_line, sync
+
 SAMPLERS = ("ddim", "dpmpp-2m", "unipc", "euler")
 PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def to_numpy(x: torch.Tensor) -> np.ndarray:
@@ -309,9 +296,7 @@ def main() -> None:
     from difflab.device import resolve_device
 
     device = resolve_device(args.device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
-    machine = (f"{where} ({device.type}), {torch.get_num_threads()} threads, torch {torch.__version__}, "
-               f"{time.strftime('%Y-%m-%d')}")
+    machine = machine_line(device)
     print(f"# sampling speed on {machine}")
     results: dict[str, Any] = {"machine": machine}
     failures: list[str] = []
