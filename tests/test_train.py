@@ -154,5 +154,7 @@ def test_presets_are_the_notes_recipes():
     assert (p3.net_kind, p3.schedule, p3.lr, p3.optimizer) == ("diffusers-unet", "cosine", 4e-4, "adamw")
     p4 = preset_config("seed004")
     assert (p4.net_kind, p4.T, p4.loss) == ("simple-unet", 300, "l1")
+    for p in (p0, p3, p4):  # the notes all train the eps target with an unweighted loss
+        assert (p.prediction, p.weighting, p.ema_decay) == ("eps", "none", 0.0)
     with pytest.raises(ValueError, match="seed000"):
         preset_config("seed001")

@@ -150,10 +150,12 @@ def preset_config(name: str, **overrides: Any) -> TrainConfig:
     - ``seed000``: MyUNet, 200 linear steps (1e-4..0.02), MSE on eps, Adam lr 1e-3, batch 128.
     - ``seed003``: diffusers UNet2DModel, squaredcos_cap_v2 (cosine) with 1000 steps, AdamW lr 4e-4.
     - ``seed004``: SimpleUnet, 300 linear steps, L1 loss on eps, Adam lr 1e-3.
-    The notes use no EMA, warm-up, LR decay or gradient clipping; the presets keep them off.
+    All three predict eps with an unweighted loss. The notes use no EMA, warm-up, LR decay or
+    gradient clipping; the presets keep them off.
     """
     check_choice("preset", name, PRESETS)
-    plain = {"ema_decay": 0.0, "warmup_steps": 1, "lr_schedule": "constant", "grad_clip": 0.0}
+    plain = {"ema_decay": 0.0, "warmup_steps": 1, "lr_schedule": "constant", "grad_clip": 0.0,
+             "prediction": "eps", "weighting": "none"}
     recipes: dict[str, dict[str, Any]] = {
         "seed000": {
             "net_kind": "myunet",
