@@ -6,13 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from difflab.cli import positive_int
 from difflab.eval.features import FEATURES
-
-
-def positive_int(text: str) -> int:
-    from difflab.cli import positive_int as parse
-
-    return parse(text)
 
 
 def add_extractor_args(p: argparse.ArgumentParser, default: str = "effnet-lite0") -> None:
