@@ -1,11 +1,22 @@
 # The two commands of the README: `make demo` (train on the embedded MNIST, write pictures)
-# and `make test`. Both install what they need first.
-PY ?= python3
-PIP = $(PY) -m pip install -q --disable-pip-version-check
+# and `make test`. Both install what they need first, into the active virtual environment or,
+# when none is active, into a project one at .venv/ (stock Debian/Ubuntu Pythons refuse
+# `pip install` into the system interpreter, PEP 668).
+# Versions of the test and lint tools are pinned in constraints.txt (how to upgrade: see there).
+ifdef VIRTUAL_ENV
+PY := $(VIRTUAL_ENV)/bin/python
+else
+PY := .venv/bin/python
+endif
+PIP = $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
 .PHONY: install install-dev demo test lint
 
-install:
+$(PY):
+	@echo "creating the project virtual environment .venv/ (python3 -m venv)"
+	python3 -m venv .venv
+
+install: $(PY)
 	$(PIP) torch==2.13.0
 	$(PIP) -e .
 	$(PIP) --no-deps digit-recognizer-py
@@ -14,7 +25,8 @@ install-dev: install
 	$(PIP) -e ".[dev]"
 
 demo: install
-	$(PY) -m difflab.cli demo --out demo
+	@echo "make demo: trains the default model for about 10 minutes on 2 CPU cores, then writes demo/"
+	$(PY) -m difflab demo --out demo
 
 lint: install-dev
 	$(PY) -m ruff check src tests benchmarks

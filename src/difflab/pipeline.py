@@ -12,10 +12,10 @@ from torch import Tensor, nn
 
 from difflab.device import resolve_device
 from difflab.noise import generators_from_seeds
+from difflab.run_config import TrainConfig
 from difflab.samplers.base import StepCallback
 from difflab.sampling import sample
 from difflab.train.checkpoint import CheckpointError, load_weights
-from difflab.train.config import TrainConfig
 
 
 class Pipeline:
@@ -139,10 +139,11 @@ class Pipeline:
         out = []
         for start in range(0, n, batch_size):
             gens = generators_from_seeds(range(seed + start, seed + min(n, start + batch_size)))
-            x = torch.stack([torch.rand(self.image_shape, generator=g) * 2 - 1 for g in gens]).to(self.device)
-            step_fn = None if callback is None else (lambda i, x_, p: callback(i, steps - 1 - i, x_, p))
-            x = mixing_sample(self.net, x, steps, step_fn)
-            out.append(x.float().clamp(-1, 1).cpu())
+            x = torch.stack([torch.rand(self.image_shape, generator=g) for g in gens]).to(self.device)
+            step_fn = None if callback is None else (
+                lambda i, x_, p: callback(i, steps - 1 - i, x_ * 2 - 1, p * 2 - 1))
+            x = mixing_sample(self.net, x, steps, step_fn)  # on the notes' [0, 1] range
+            out.append((x.float() * 2 - 1).clamp(-1, 1).cpu())
         return torch.cat(out)
 
     def sample_pil(self, n: int = 16, **kwargs: Any) -> list[Any]:

@@ -1,7 +1,7 @@
 """Seed 003's first model: ``BasicUNet``, ``corrupt`` and the mixing sampler.
 
-This is the notes' naive "diffusion" before DDPM: corrupt an image by mixing it linearly with
-uniform noise (``(1 - amount) x + amount noise``), train a small UNet to predict the clean image
+This is the notes' naive "diffusion" before DDPM: corrupt an image in [0, 1] by mixing it
+linearly with uniform noise (``(1 - amount) x + amount noise``), train a small UNet to predict the clean image
 x_0 from the corrupted one (no timestep input), then sample by starting from noise and moving a
 fraction ``1 / (n_steps - i)`` of the way towards the prediction at each step. As in the notes::
 
@@ -121,6 +121,21 @@ class BasicUNet(nn.Module):
         return x
 
 
+def corrupt_loss(net: Callable[..., Tensor], x0: Tensor, amount: Tensor, noise: Tensor, kind: str = "mse"
+                 ) -> Tensor:
+    """Seed 003's first objective: ``loss(net(corrupt(x, amount)), x)`` on the notes' [0, 1] data.
+
+    ``x0`` comes in difflab's data range [-1, 1] and is mapped to [0, 1] first, as the notes'
+    ``ToTensor()`` images are: BasicUNet ends in a SiLU, whose output never goes below -0.28, so
+    it cannot reach the dark pixels of [-1, 1] data. ``amount`` ~ U[0, 1) per sample and ``noise``
+    ~ U[0, 1) per pixel (the notes' ``torch.rand``)."""
+    from difflab.losses import elementwise_loss
+
+    x = (x0 + 1) / 2
+    t0 = torch.zeros(len(x), dtype=torch.long, device=x.device)
+    return elementwise_loss(net(corrupt(x, amount, noise), t0), x, kind).mean()
+
+
 StepFn = Callable[[int, Tensor, Tensor], None]
 
 
@@ -130,9 +145,12 @@ def mixing_sample(
     x: Tensor,
     steps: int,
     callback: StepFn | None = None,
+    offset: int = 0,
 ) -> Tensor:
     """Seed 003's sampler for an x_0 predictor: for i in 0..steps-1, predict x_0 from x and move
-    ``mix_factor = 1 / (steps - i)`` of the way towards it (the last step lands on the prediction).
+    ``mix_factor = 1 / (steps - i + offset)`` of the way towards it. With ``offset=0`` (the notes'
+    BasicUNet sampler) the last step lands on the prediction; the notes' UNet2DModel variant uses
+    ``offset=1`` (``1/(n_steps - i + 1)``), which keeps a share of the start in the result.
 
     ``x`` is the starting point (the notes use ``torch.rand(n, c, h, w)``). ``net`` is called as
     ``net(x, t)`` with t = 0 (BasicUNet ignores it; the notes call diffusers' UNet2DModel with
@@ -141,10 +159,12 @@ def mixing_sample(
     """
     if steps < 1:
         raise ValueError(f"mixing_sample needs steps >= 1, got {steps}")
+    if offset < 0:
+        raise ValueError(f"mixing_sample needs offset >= 0, got {offset}")
     t = torch.zeros(len(x), dtype=torch.long, device=x.device)
     for i in range(steps):
         pred = net(x, t)
-        mix_factor = 1 / (steps - i)  # how far to move towards the prediction
+        mix_factor = 1 / (steps - i + offset)  # how far to move towards the prediction
         x = x * (1 - mix_factor) + pred * mix_factor
         if callback is not None:
             callback(i, x, pred)

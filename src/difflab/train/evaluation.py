@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from difflab.data import ImageDataset
-from difflab.train.config import TrainConfig
+from difflab.run_config import TrainConfig
 
 
 def resolve_metric(cfg: TrainConfig, data: ImageDataset) -> str:

@@ -20,6 +20,8 @@ from torch import nn
 from difflab.data import Batcher, ImageDataset, load_dataset
 from difflab.device import resolve_device
 from difflab.losses import diffusion_loss
+from difflab.nets.basic_unet import corrupt_loss
+from difflab.run_config import TrainConfig
 from difflab.train.checkpoint import (
     CheckpointError,
     atomic_write,
@@ -29,7 +31,6 @@ from difflab.train.checkpoint import (
     save_checkpoint,
     save_weights,
 )
-from difflab.train.config import TrainConfig
 from difflab.train.ema import EMA
 
 
@@ -70,20 +71,6 @@ def prepare_data(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[TrainCon
         num_classes=data.num_classes if cfg.class_cond else 0,
     )
     return cfg.replace(data=data_cfg, net=net_cfg), data
-
-
-def corrupt_loss(net: nn.Module, x0: torch.Tensor, amount: torch.Tensor, noise: torch.Tensor, kind: str
-                 ) -> torch.Tensor:
-    """Seed 003's first objective: predict x_0 from ``corrupt(x_0, amount)``, amount ~ U[0, 1), mixed
-    with uniform noise on the data range [-1, 1] (the notes' ``torch.rand`` on [0, 1] images, mapped
-    like the images; drawn from the step's Gaussian noise through its CDF)."""
-    from difflab.losses import elementwise_loss
-    from difflab.nets import corrupt
-
-    uniform = torch.special.ndtr(noise) * 2 - 1
-    noisy = corrupt(x0, amount, uniform)
-    t0 = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
-    return elementwise_loss(net(noisy, t0), x0, kind).mean()
 
 
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
@@ -254,7 +241,8 @@ def train(
                 cond = {"class_labels": torch.where(drop, num_classes, labels)}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
                 if cfg.objective == "corrupt":
-                    loss = corrupt_loss(model, x0, t.to(x0.dtype) / cfg.T, noise, cfg.loss)
+                    amount = torch.rand(b, generator=gen).to(device)
+                    loss = corrupt_loss(model, x0, amount, torch.special.ndtr(noise), cfg.loss)
                 else:
                     loss = diffusion_loss(
                         model,

@@ -1,4 +1,7 @@
-"""The training config: everything that decides a run, saved as ``config.json`` in the run."""
+"""The run config: everything that decides a run, saved as ``config.json`` in the run folder.
+
+It sits below both training and sampling (``pipeline``), so loading a run never imports the
+training loop."""
 
 from __future__ import annotations
 
@@ -8,8 +11,6 @@ from typing import Any, Literal, Self
 from difflab.config import Config, check_choice
 from difflab.data import DataConfig
 from difflab.schedules import NoiseSchedule
-
-PRESETS: tuple[str, ...] = ("seed000", "seed003", "seed004")
 
 # Fields that may change when resuming: they do not change what the finished steps computed.
 RESUMABLE_CHANGES = (
@@ -25,6 +26,10 @@ RESUMABLE_CHANGES = (
     "eval_metric",
     "compile",
     "device",
+    "sample_sampler",
+    "sample_steps",
+    "sample_variance",
+    "sample_clip",
 )
 
 
@@ -53,6 +58,7 @@ class TrainConfig(Config):
     weighting: Literal["none", "min-snr"] = "min-snr"
     snr_gamma: float = 5.0
     steps: int = 1500
+    epochs: float | None = None
     batch_size: int = 32
     optimizer: Literal["adamw", "adam"] = "adamw"
     lr: float = 2e-3
@@ -71,6 +77,9 @@ class TrainConfig(Config):
     sample_n: int = 64
     sample_sampler: str = "ddim"
     sample_steps: int = 50
+    sample_variance: Literal["beta", "beta_tilde"] = "beta"
+    sample_clip: bool = True
+    keep_best: bool = False
     log_every: int = 10
     eval_every: int = 0
     eval_n: int = 256
@@ -86,6 +95,8 @@ class TrainConfig(Config):
 
         check_choice("net", self.net_kind, NET_KINDS)
         if self.preset is not None:
+            from difflab.presets import PRESETS
+
             check_choice("preset", self.preset, PRESETS)
         for name in (
             "steps",
@@ -101,6 +112,8 @@ class TrainConfig(Config):
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ValueError(f"epochs must be positive (or None to count steps), got {self.epochs}")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0 (0 = off), got {self.eval_every}")
         if self.lr <= 0:
@@ -143,45 +156,3 @@ class TrainConfig(Config):
         a, b = self.to_dict(), other.to_dict()
         return sorted(k for k in a if k not in RESUMABLE_CHANGES and a[k] != b.get(k))
 
-
-def preset_config(name: str, **overrides: Any) -> TrainConfig:
-    """The recipe of one study note, on MNIST unless ``data`` is overridden.
-
-    - ``seed000``: MyUNet, 200 linear steps (1e-4..0.02), MSE on eps, Adam lr 1e-3, batch 128.
-    - ``seed003``: diffusers UNet2DModel, squaredcos_cap_v2 (cosine) with 1000 steps, AdamW lr 4e-4.
-    - ``seed004``: SimpleUnet, 300 linear steps, L1 loss on eps, Adam lr 1e-3.
-    All three predict eps with an unweighted loss. The notes use no EMA, warm-up, LR decay or
-    gradient clipping; the presets keep them off.
-    """
-    check_choice("preset", name, PRESETS)
-    plain = {"ema_decay": 0.0, "warmup_steps": 1, "lr_schedule": "constant", "grad_clip": 0.0,
-             "prediction": "eps", "weighting": "none"}
-    recipes: dict[str, dict[str, Any]] = {
-        "seed000": {
-            "net_kind": "myunet",
-            "schedule": "linear",
-            "T": 200,
-            "optimizer": "adam",
-            "lr": 1e-3,
-            "batch_size": 128,
-        },
-        "seed003": {
-            "net_kind": "diffusers-unet",
-            "schedule": "cosine",
-            "T": 1000,
-            "optimizer": "adamw",
-            "lr": 4e-4,
-            "weight_decay": 0.01,
-            "batch_size": 128,
-        },
-        "seed004": {
-            "net_kind": "simple-unet",
-            "schedule": "linear",
-            "T": 300,
-            "loss": "l1",
-            "optimizer": "adam",
-            "lr": 1e-3,
-            "batch_size": 128,
-        },
-    }
-    return TrainConfig(**{**plain, **recipes[name], "preset": name, **overrides})
