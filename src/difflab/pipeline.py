@@ -11,11 +11,11 @@ import torch
 from torch import Tensor, nn
 
 from difflab.device import resolve_device
+from difflab.io import CheckpointError, load_weights
 from difflab.noise import generators_from_seeds
 from difflab.run_config import TrainConfig
 from difflab.samplers.base import StepCallback
 from difflab.sampling import sample
-from difflab.train.checkpoint import CheckpointError, load_weights
 
 
 class Pipeline:

@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from difflab.eval.features import check_images, file_digest
+from difflab.eval.features import check_images
+from difflab.io import file_digest
 
 __all__ = [
     "INPUT_MEAN",

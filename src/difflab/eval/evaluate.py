@@ -314,6 +314,6 @@ def fd_paths(
 
 
 def write_json(obj: dict, path: str | Path) -> None:
-    from difflab.train.checkpoint import atomic_write
+    from difflab.io import atomic_write
 
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))

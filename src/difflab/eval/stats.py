@@ -59,7 +59,7 @@ class FeatureSet:
     def save(self, path: str | Path) -> Path:
         """Write ``mu``, ``sigma`` (the keys pytorch-fid reads), ``features``, ``n`` and ``label``
         atomically."""
-        from difflab.train.checkpoint import atomic_write
+        from difflab.io import atomic_write
 
         arrays: dict[str, np.ndarray] = {"mu": self.mu, "sigma": self.sigma, "n": np.asarray(self.n),
                                          "label": np.asarray(self.label)}
