@@ -19,8 +19,6 @@ from difflab.diffusion import Denoiser
 from difflab.noise import NoiseSource
 from difflab.samplers import sample_ddim, sample_ddpm
 
-diffusers = pytest.importorskip("diffusers")
-
 PRED = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 SCHEDULES = ["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"]
 
@@ -74,18 +72,18 @@ def run_ours(fn, sched, pred, x, ts, **kwargs):
 @pytest.mark.parametrize(
     ("spacing", "steps"), [("leading", 40), ("trailing", 40), ("linspace", 40), ("trailing", 37)]
 )
-def test_ddpm_matches_diffusers(schedule, pred, variance, clip, spacing, steps):
-    check_ddpm(schedule, pred, variance, clip, spacing, steps)
+def test_ddpm_matches_diffusers(diffusers, schedule, pred, variance, clip, spacing, steps):
+    check_ddpm(diffusers, schedule, pred, variance, clip, spacing, steps)
 
 
 @pytest.mark.parametrize("schedule", ["linear", "squaredcos_cap_v2"])
 @pytest.mark.parametrize("pred", ["eps", "v"])
 @pytest.mark.parametrize("variance", ["beta", "beta_tilde"])
-def test_ddpm_full_chain_matches_diffusers(schedule, pred, variance):
-    check_ddpm(schedule, pred, variance, False, "leading", 1000)
+def test_ddpm_full_chain_matches_diffusers(diffusers, schedule, pred, variance):
+    check_ddpm(diffusers, schedule, pred, variance, False, "leading", 1000)
 
 
-def check_ddpm(schedule, pred, variance, clip, spacing, steps):
+def check_ddpm(diffusers, schedule, pred, variance, clip, spacing, steps):
     sched = NoiseSchedule.from_name(schedule, 1000)
     ref = diffusers.DDPMScheduler(
         num_train_timesteps=1000,
@@ -114,18 +112,18 @@ def check_ddpm(schedule, pred, variance, clip, spacing, steps):
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("clip", [False, True])
 @pytest.mark.parametrize(("spacing", "steps"), [("leading", 50), ("trailing", 50), ("leading", 25)])
-def test_ddim_matches_diffusers(schedule, pred, eta, clip, spacing, steps):
-    check_ddim(schedule, pred, eta, clip, spacing, steps)
+def test_ddim_matches_diffusers(diffusers, schedule, pred, eta, clip, spacing, steps):
+    check_ddim(diffusers, schedule, pred, eta, clip, spacing, steps)
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("pred", ["eps", "x0", "v"])
 @pytest.mark.parametrize(("spacing", "steps"), [("linspace", 1000), ("trailing", 1000)])
-def test_ddim_eta0_full_trajectory_matches_diffusers(schedule, pred, spacing, steps):
-    check_ddim(schedule, pred, 0.0, False, spacing, steps)
+def test_ddim_eta0_full_trajectory_matches_diffusers(diffusers, schedule, pred, spacing, steps):
+    check_ddim(diffusers, schedule, pred, 0.0, False, spacing, steps)
 
 
-def check_ddim(schedule, pred, eta, clip, spacing, steps):
+def check_ddim(diffusers, schedule, pred, eta, clip, spacing, steps):
     sched = NoiseSchedule.from_name(schedule, 1000)
     ref = diffusers.DDIMScheduler(  # diffusers' DDIM lacks "sigmoid"; its betas are overwritten anyway
         num_train_timesteps=1000,
@@ -146,7 +144,7 @@ def check_ddim(schedule, pred, eta, clip, spacing, steps):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-9)
 
 
-def test_diffusers_ddim_previous_timestep_is_off_grid_where_difflab_is_not():
+def test_diffusers_ddim_previous_timestep_is_off_grid_where_difflab_is_not(diffusers):
     """The documented difference: with linspace spacing and T % steps != 0, diffusers' DDIM steps
     to t - T // steps, a timestep that is not on its own grid."""
     ref = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing="linspace")

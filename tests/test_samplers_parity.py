@@ -53,8 +53,6 @@ from difflab.samplers import (
     sigma_grid,
 )
 
-diffusers = pytest.importorskip("diffusers")
-
 PRED = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 TOL = {"rtol": 1e-4, "atol": 1e-4}
 VE_SCHEDULES = ["linear", "scaled_linear", "sigmoid"]  # not cosine: see the module docstring
@@ -154,14 +152,13 @@ def ve_start(x, grid):
     return x * math.sqrt(1 + float(grid[0]) ** 2)
 
 
-
 # ---- Euler, Euler-ancestral, Heun ----------------------------------------------------------
 @pytest.mark.parametrize("schedule", VE_SCHEDULES)
 @pytest.mark.parametrize("pred", ["eps", "x0", "v"])
 @pytest.mark.parametrize(("grid_kind", "spacing", "steps"), [
     ("timesteps", "trailing", 25), ("timesteps", "leading", 30), ("karras", "linspace", 20)
 ])
-def test_euler_matches_diffusers(schedule, pred, grid_kind, spacing, steps):
+def test_euler_matches_diffusers(diffusers, schedule, pred, grid_kind, spacing, steps):
     sched, ref = make(
         diffusers.EulerDiscreteScheduler, schedule, pred,
         timestep_spacing=spacing, use_karras_sigmas=grid_kind == "karras",
@@ -192,36 +189,47 @@ def kdiffusion_churn_loop(denoise, x, sigmas, draws, second_order, s_churn, s_tm
     return x
 
 
-@pytest.mark.parametrize("fn", [sample_euler, sample_heun])
-@pytest.mark.parametrize("pred", ["eps", "x0"])
-def test_churn_follows_edm_algorithm_2_not_diffusers(fn, pred):
-    """EDM evaluates D at the churned point (x_hat, sigma_hat). diffusers' Euler applies the churn
-    inside ``step``, after the model ran on the un-churned x at sigma, and reuses that output at
-    sigma_hat; its Heun has no churn. So difflab is checked against k-diffusion's loop instead, and
-    shown to differ from diffusers' Euler."""
-    churn = {"s_churn": 10.0, "s_tmin": 0.5, "s_tmax": 20.0}
+CHURN = {"s_churn": 10.0, "s_tmin": 0.5, "s_tmax": 20.0}
+
+
+def churned_run(fn, pred):
+    """difflab's churned trajectory end point and the noise it drew, on a 20-step trailing grid."""
     sched = NoiseSchedule.linear(1000)
     grid = sigma_grid(sched, 20, "timesteps", "trailing")
     x = start_noise(2)
     noise = RecordingNoise(torch.Generator().manual_seed(123))
-    got = run_ours(fn, sched, pred, x, grid, noise=noise, **churn)[-1]
-    assert 0 < len(noise.draws) < 20  # only where sigma is in [s_tmin, s_tmax]
+    got = run_ours(fn, sched, pred, x, grid, noise=noise, **CHURN)[-1]
+    return sched, grid, x, noise.draws, got
+
+
+@pytest.mark.parametrize("fn", [sample_euler, sample_heun])
+@pytest.mark.parametrize("pred", ["eps", "x0"])
+def test_churn_follows_edm_algorithm_2(fn, pred):
+    """EDM evaluates D at the churned point (x_hat, sigma_hat): difflab against k-diffusion's loop."""
+    sched, grid, x, draws, got = churned_run(fn, pred)
+    assert 0 < len(draws) < 20  # only where sigma is in [s_tmin, s_tmax]
     denoiser = Denoiser(toy_model, sched, pred)
     expected = kdiffusion_churn_loop(
-        denoiser.at_sigma, ve_start(x, grid), grid, noise.draws, fn is sample_heun, **churn
+        denoiser.at_sigma, ve_start(x, grid), grid, draws, fn is sample_heun, **CHURN
     )
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
-    if fn is sample_euler:
-        _, ref = make(diffusers.EulerDiscreteScheduler, "linear", pred, timestep_spacing="trailing")
-        ref.set_timesteps(20)
-        theirs = run_ve_reference(ref, ve_start(x, grid), grid, **churn)[-1]
-        assert (theirs - got).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("pred", ["eps", "x0"])
+def test_diffusers_euler_churn_is_not_edm_algorithm_2(diffusers, pred):
+    """diffusers' Euler applies the churn inside ``step``, after the model ran on the un-churned
+    x at sigma, and reuses that output at sigma_hat (its Heun has no churn), so it differs."""
+    _, grid, x, _, got = churned_run(sample_euler, pred)
+    _, ref = make(diffusers.EulerDiscreteScheduler, "linear", pred, timestep_spacing="trailing")
+    ref.set_timesteps(20)
+    theirs = run_ve_reference(ref, ve_start(x, grid), grid, **CHURN)[-1]
+    assert (theirs - got).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("schedule", ["linear", "sigmoid"])
 @pytest.mark.parametrize("pred", ["eps", "v"])  # diffusers' Euler-ancestral has no x0 prediction
 @pytest.mark.parametrize(("spacing", "steps"), [("trailing", 25), ("leading", 40)])
-def test_euler_ancestral_matches_diffusers_with_the_same_noise(schedule, pred, spacing, steps):
+def test_euler_ancestral_matches_diffusers_with_the_same_noise(diffusers, schedule, pred, spacing, steps):
     """diffusers draws float64 noise from the same generator at every step; difflab draws at every
     step but the last (to sigma = 0, where diffusers' draw is multiplied by 0)."""
     sched, ref = make(diffusers.EulerAncestralDiscreteScheduler, schedule, pred, timestep_spacing=spacing)
@@ -237,7 +245,7 @@ def test_euler_ancestral_matches_diffusers_with_the_same_noise(schedule, pred, s
 @pytest.mark.parametrize(
     ("grid_kind", "spacing", "steps"), [("timesteps", "trailing", 15), ("karras", "linspace", 12)]
 )
-def test_heun_matches_diffusers(schedule, pred, grid_kind, spacing, steps):
+def test_heun_matches_diffusers(diffusers, schedule, pred, grid_kind, spacing, steps):
     """diffusers' Heun interleaves its 2N - 1 evaluations as separate ``step`` calls; its state
     is complete after each second-order call and after the final Euler step."""
     sched, ref = make(
@@ -260,7 +268,7 @@ def test_heun_matches_diffusers(schedule, pred, grid_kind, spacing, steps):
     *[(s, "timesteps", n) for s in VP_SCHEDULES for n in (10, 25)],
     *[(s, "karras", 20) for s in KARRAS_SCHEDULES],
 ])
-def test_dpmpp_2m_matches_diffusers(schedule, pred, grid_kind, steps):
+def test_dpmpp_2m_matches_diffusers(diffusers, schedule, pred, grid_kind, steps):
     sched, ref = make(
         diffusers.DPMSolverMultistepScheduler, schedule, pred, algorithm_type="dpmsolver++",
         solver_order=2, timestep_spacing="trailing", use_karras_sigmas=grid_kind == "karras",
@@ -274,7 +282,7 @@ def test_dpmpp_2m_matches_diffusers(schedule, pred, grid_kind, steps):
     assert_trajectories_close(run_ours(sample_dpmpp_2m, sched, pred, x, grid, discrete=discrete), expected)
 
 
-def test_diffusers_karras_timesteps_repeat_on_the_cosine_schedule():
+def test_diffusers_karras_timesteps_repeat_on_the_cosine_schedule(diffusers):
     """Why Karras grids on squaredcos_cap_v2 are not compared: its sigma rises from ~600 to ~2e4
     over the last two timesteps, so diffusers' rounded Karras timesteps repeat 999 and 998, and its
     step-index lookup (the second match of a repeated timestep) then skips steps."""
@@ -287,7 +295,7 @@ def test_diffusers_karras_timesteps_repeat_on_the_cosine_schedule():
 @pytest.mark.parametrize("pred", ["eps", "v"])
 @pytest.mark.parametrize("solver_type", ["midpoint", "heun"])
 @pytest.mark.parametrize(("grid_kind", "steps"), [("timesteps", 20), ("karras", 15)])
-def test_dpmpp_2m_sde_matches_diffusers_with_the_same_noise(pred, solver_type, grid_kind, steps):
+def test_dpmpp_2m_sde_matches_diffusers_with_the_same_noise(diffusers, pred, solver_type, grid_kind, steps):
     sched, ref = make(
         diffusers.DPMSolverMultistepScheduler, "linear", pred, algorithm_type="sde-dpmsolver++",
         solver_order=2, solver_type=solver_type, timestep_spacing="trailing",
@@ -307,7 +315,7 @@ def test_dpmpp_2m_sde_matches_diffusers_with_the_same_noise(pred, solver_type, g
 
 @pytest.mark.parametrize("schedule", ["linear", "squaredcos_cap_v2"])
 @pytest.mark.parametrize("pred", ["eps", "x0", "v"])
-def test_dpmpp_3m_at_eta_0_matches_diffusers_order_3(schedule, pred):
+def test_dpmpp_3m_at_eta_0_matches_diffusers_order_3(diffusers, schedule, pred):
     """With >= 15 steps diffusers uses order 3 up to the last step (< 15 it drops to order 2 on
     the second-to-last step), like k-diffusion's 3M; solver_type="heun" for the warm-up step."""
     sched, ref = make(
@@ -348,7 +356,7 @@ def test_dpmpp_3m_sde_differs_from_diffusers_only_in_its_d2_weight():
     ]],
     *[(s, "bh2", 2, "karras", 15) for s in KARRAS_SCHEDULES],
 ])
-def test_unipc_matches_diffusers(schedule, pred, variant, order, grid_kind, steps):
+def test_unipc_matches_diffusers(diffusers, schedule, pred, variant, order, grid_kind, steps):
     """For bh1, B(h) = h is infinite on the step to sigma = 0 and diffusers' last step is NaN
     (inf * 0); difflab's last step is first order (x = D) for every variant."""
     sched, ref = make(
