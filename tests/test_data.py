@@ -89,13 +89,53 @@ def test_sklearn_digits() -> None:
     assert int(ds.images.max()) == 255 and int(ds.images.min()) == 0
 
 
-def test_fashion_mnist_if_installed() -> None:
-    if not (formats.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
-        pytest.skip("dataset-fashion-mnist is not installed")
-    ds = load_dataset(parse_data_spec("fashion-mnist"))
-    assert ds.images.shape == (60000, 1, 28, 28)
-    assert ds.labels.bincount().tolist() == [6000] * 10
-    assert ds.class_names[9] == "Ankle boot"
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                   "Bag", "Ankle boot"]  # the labels 0-9 of Zalando's README
+
+
+def _fashion_file(path: Path, magic: int, array: np.ndarray) -> None:
+    """One file as Zalando ships it: gzip of a big-endian header (magic 2051 images / 2049
+    labels, then each dimension as uint32) and the raw unsigned bytes."""
+    header = struct.pack(f">I{array.ndim}I", magic, *array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+@pytest.fixture()
+def fashion_dir(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A tiny Fashion-MNIST folder with the four files of /usr/share/datasets/fashion-mnist; the
+    training labels stop at 8, so the names cannot be inferred from the labels."""
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (12, 28, 28), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 3, 0, 5], np.uint8)
+    folder = tmp_path / "fashion-mnist"
+    folder.mkdir()
+    _fashion_file(folder / "train-images-idx3-ubyte.gz", 2051, images)
+    _fashion_file(folder / "train-labels-idx1-ubyte.gz", 2049, labels)
+    _fashion_file(folder / "t10k-images-idx3-ubyte.gz", 2051, 255 - images[:5])
+    _fashion_file(folder / "t10k-labels-idx1-ubyte.gz", 2049, labels[:5][::-1].copy())
+    return folder, images, labels
+
+
+def test_fashion_mnist_reads_the_training_split(fashion_dir) -> None:
+    folder, images, labels = fashion_dir
+    ds = load_dataset(parse_data_spec(f"fashion-mnist:{folder}"))
+    assert ds.images.shape == (12, 1, 28, 28) and ds.images.dtype == torch.uint8
+    assert torch.equal(ds.images[:, 0], torch.from_numpy(images))  # the train files, not t10k
+    assert ds.labels.tolist() == labels.tolist()
+    assert ds.num_classes == 10 and ds.class_names == FASHION_CLASSES
+    assert ds.name == f"fashion-mnist:{folder}"
+    x, y = ds.batch(torch.tensor([1]))
+    assert torch.equal(x[0, 0], torch.from_numpy(images[1]).float() / 127.5 - 1)
+    assert ds.class_names[int(y)] == "Trouser"
+
+
+def test_fashion_mnist_default_is_the_debian_folder(fashion_dir, monkeypatch) -> None:
+    folder, images, _ = fashion_dir
+    monkeypatch.setattr(formats, "FASHION_MNIST_DIR", folder)
+    ds = load_dataset(parse_data_spec("fashion-mnist", limit=4))
+    assert ds.name == "fashion-mnist" and ds.class_names[9] == "Ankle boot"
+    kept = [int(np.flatnonzero((images == im.numpy()).all((1, 2)))[0]) for im in ds.images[:, 0]]
+    assert len(set(kept)) == 4
 
 
 def test_missing_packages_say_what_to_install(monkeypatch, tmp_path) -> None:
