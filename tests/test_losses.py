@@ -101,3 +101,36 @@ def test_l1_loss_is_seed_004s():
         torch.nn.functional.l1_loss(pred, tgt).item()
     )
     assert math.isfinite(elementwise_loss(pred, tgt, "huber").sum().item())
+
+
+def hang_min_snr(snr: float, prediction: str, gamma: float) -> float:
+    """Hang et al. 2023 (eq. 8 and sec. 3.4): min(SNR, gamma) on the x0 loss, which is SNR times
+    the eps loss and SNR + 1 times the v loss."""
+    return min(snr, gamma) / {"eps": snr, "x0": 1.0, "v": snr + 1.0}[prediction]
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("gamma", [5.0, 0.5])
+@pytest.mark.parametrize("loss", ["mse", "l1"])
+def test_min_snr_weights_each_timestep_by_hang_et_al(prediction, gamma, loss):
+    """A model whose prediction is off by exactly `off` everywhere has loss err = off^2 (MSE) or
+    |off| (L1) at every timestep, so the min-SNR loss of one sample at t is w(t) * err."""
+    sched = NoiseSchedule.cosine(1000)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = (torch.randn(1, 1, 4, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    off = 0.7
+    err = off**2 if loss == "mse" else off
+    seen = []
+    for t in [0, 5, 50, 200, 400, 500, 600, 800, 999]:
+        ab = float(sched.alphas_cumprod[t])
+        a, b = math.sqrt(ab), math.sqrt(1 - ab)
+        tgt = {"eps": noise, "x0": x0, "v": a * noise - b * x0}[prediction]
+        kw = {"schedule": sched, "prediction": prediction, "loss": loss, "snr_gamma": gamma}
+        tt = torch.tensor([t])
+        weighted = diffusion_loss(lambda x, _, y=tgt: y + off, x0, tt, noise, weighting="min-snr", **kw)
+        plain = diffusion_loss(lambda x, _, y=tgt: y + off, x0, tt, noise, **kw)
+        assert plain.item() == pytest.approx(err, rel=1e-9)
+        snr = ab / (1 - ab)
+        assert weighted.item() == pytest.approx(hang_min_snr(snr, prediction, gamma) * err, rel=1e-9), t
+        seen.append(snr > gamma)
+    assert any(seen) and not all(seen)  # the clip is active at some timesteps and not at others
