@@ -87,6 +87,20 @@ class Config:
             kwargs[key] = value
         return cls(**kwargs)
 
+    @classmethod
+    def choices(cls, name: str) -> tuple[Any, ...]:
+        """The valid values of the ``Literal``-typed field ``name`` (for command-line choices)."""
+        found = _literal_choices(get_type_hints(cls)[name])
+        if found is None:
+            raise TypeError(f"{cls.__name__}.{name} is not a Literal field")
+        return tuple(c for c in found if c is not None)
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """The default value of field ``name``."""
+        f = next(f for f in dataclasses.fields(cls) if f.name == name)
+        return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
     def replace(self, **changes: Any) -> Self:
         return dataclasses.replace(self, **changes)
 

@@ -10,12 +10,26 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from difflab.config import check_choice
 from difflab.device import resolve_device
 from difflab.io import CheckpointError, load_weights
 from difflab.noise import generators_from_seeds
 from difflab.run_config import TrainConfig
 from difflab.samplers.base import StepCallback
-from difflab.sampling import sample
+from difflab.sampling import DEFAULT_STEPS, sample
+
+WEIGHTS = {"last": "model.safetensors", "best": "best.safetensors"}
+
+
+def _weights_file(run: Path, config: TrainConfig, weights: str | None) -> str:
+    """The weights file of ``run`` to sample: ``best`` for keep_best runs unless told otherwise."""
+    if weights is None:
+        weights = "best" if config.keep_best and (run / WEIGHTS["best"]).is_file() else "last"
+    check_choice("weights", weights, tuple(WEIGHTS))
+    if weights == "best" and not (run / WEIGHTS["best"]).is_file():
+        raise CheckpointError(f"{run} has no {WEIGHTS['best']}: it was not trained with --keep-best "
+                              "(or no epoch has ended yet); use the last weights")
+    return WEIGHTS[weights]
 
 
 class Pipeline:
@@ -28,8 +42,10 @@ class Pipeline:
         self.schedule = config.make_schedule()
 
     @classmethod
-    def load(cls, run: str | Path, device: str = "auto") -> Pipeline:
-        """Load ``run/config.json`` and the EMA weights ``run/model.safetensors``."""
+    def load(cls, run: str | Path, device: str = "auto", weights: str | None = None) -> Pipeline:
+        """Load ``run/config.json`` and its EMA weights: ``weights="best"`` (``best.safetensors``,
+        the epoch with the lowest mean loss; the default for runs trained with ``keep_best``) or
+        ``"last"`` (``model.safetensors``, the default otherwise)."""
         from difflab.nets import build_net
 
         run = Path(run)
@@ -41,13 +57,13 @@ class Pipeline:
         except (ValueError, TypeError) as err:
             raise CheckpointError(f"{cfg_path} is not a valid difflab config: {err}") from err
         net = build_net(config.net)
-        state = load_weights(run / "model.safetensors")
+        path = run / _weights_file(run, config, weights)
+        state = load_weights(path)
         try:
             net.load_state_dict(state)
         except RuntimeError as err:
             raise CheckpointError(
-                f"{run / 'model.safetensors'} does not fit the network in config.json; "
-                "were the files copied from different runs?"
+                f"{path} does not fit the network in config.json; were the files copied from different runs?"
             ) from err
         return cls(net, config, resolve_device(device))
 
@@ -68,8 +84,8 @@ class Pipeline:
         eta: float | None = None,
         seed: int = 0,
         batch_size: int = 256,
-        clip_x0: bool = True,
-        variance: str = "beta",
+        clip_x0: bool | None = None,
+        variance: str | None = None,
         spacing: str = "trailing",
         sigmas: str | None = None,
         discrete: bool | None = None,
@@ -80,19 +96,26 @@ class Pipeline:
         """``n`` images in [-1, 1] on the CPU. Image i comes from seed ``seed + i`` whatever
         ``batch_size`` is, so the same seed gives the same bytes. ``class_labels`` (one per image)
         conditions a class-conditional model. ``sampler``, ``sigmas`` and ``options`` (s_churn,
-        order, ...) are those of :func:`difflab.sample`; ``steps`` defaults to the config's
-        ``sample_steps`` (T for ddpm). ``discrete`` defaults to True for MyUNet, whose time
-        embedding is a table of integer timesteps."""
+        rho, simple_var, order, ...) are those of :func:`difflab.sample`. The run's config gives
+        the defaults (a preset run samples as its note does): ``sampler``, ``steps`` (its
+        ``sample_steps``, or T for ddpm when another sampler is the run's), ``variance`` and
+        ``clip_x0``. ``discrete`` defaults to True for MyUNet, whose time embedding is a table of
+        integer timesteps."""
         if n < 1:
             raise ValueError(f"n must be a positive number of images, got {n}")
         if self.config.objective == "corrupt":
             return self._sample_mixing(n, sampler, steps, seed, batch_size, callback)
-        sampler = sampler or self.config.sample_sampler
+        cfg = self.config
+        sampler = sampler or cfg.sample_sampler
         if sampler == "mix":
             raise ValueError(
                 "--sampler mix is for runs trained with --objective corrupt; pick a diffusion sampler"
             )
-        steps = steps or (self.schedule.T if sampler == "ddpm" else self.config.sample_steps)
+        if steps is None:
+            own = sampler == cfg.sample_sampler
+            steps = cfg.sample_steps if own else (self.schedule.T if sampler == "ddpm" else DEFAULT_STEPS)
+        clip_x0 = cfg.sample_clip if clip_x0 is None else clip_x0
+        variance = variance or cfg.sample_variance
         if discrete is None:
             from difflab.nets import MyUNet
 
@@ -129,7 +152,8 @@ class Pipeline:
 
     def _sample_mixing(self, n: int, sampler: str | None, steps: int | None, seed: int, batch_size: int,
                        callback: StepCallback | None) -> Tensor:
-        """Seed 003's first model: start from uniform noise and mix in the predicted x_0."""
+        """Seed 003's first model: start from uniform noise on the notes' [0, 1] range and mix in
+        the predicted x_0; the result is mapped to [-1, 1] like every other sample."""
         from difflab.nets import mixing_sample
 
         if sampler not in (None, "mix"):
@@ -142,7 +166,7 @@ class Pipeline:
             x = torch.stack([torch.rand(self.image_shape, generator=g) for g in gens]).to(self.device)
             step_fn = None if callback is None else (
                 lambda i, x_, p: callback(i, steps - 1 - i, x_ * 2 - 1, p * 2 - 1))
-            x = mixing_sample(self.net, x, steps, step_fn)  # on the notes' [0, 1] range
+            x = mixing_sample(self.net, x, steps, step_fn, offset=self.config.sample_mix_offset)
             out.append((x.float() * 2 - 1).clamp(-1, 1).cpu())
         return torch.cat(out)
 
@@ -156,6 +180,47 @@ class Pipeline:
         return [Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a) for a in arrays]
 
 
-def load(run: str | Path, device: str = "auto") -> Pipeline:
-    """Load a trained run folder as a :class:`Pipeline`."""
-    return Pipeline.load(run, device)
+def load(run: str | Path, device: str = "auto", weights: str | None = None) -> Pipeline:
+    """Load a trained run folder as a :class:`Pipeline` (``weights``: ``"last"`` or ``"best"``)."""
+    return Pipeline.load(run, device, weights)
+
+
+def write_samples(
+    pipe: Pipeline,
+    n: int,
+    *,
+    out: str | Path | None = None,
+    gif: str | Path | None = None,
+    progression: str | Path | None = None,
+    save_dir: str | Path | None = None,
+    batch_size: int = 256,
+    **sample_kwargs: Any,
+) -> list[Path]:
+    """Sample ``n`` images and write what is asked: a grid (``out``), a denoising GIF, a
+    progression strip (x_t at every step, note 004's ``sample_plot_image``) and one PNG per image
+    (``save_dir``). ``sample_kwargs`` go to :meth:`Pipeline.sample`. Returns the paths written."""
+    from difflab.viz import save_gif, save_grid, save_progression
+
+    frames: list[Tensor] = []
+    snapshots: list[tuple[int, Tensor]] = []
+    want_frames = gif is not None or progression is not None
+
+    def record(i: int, t: int, x: Tensor, x0: Tensor) -> None:
+        frames.append(x.float().clamp(-1, 1).cpu())
+        snapshots.append((t, x.float().cpu()))
+
+    images = pipe.sample(n, batch_size=n if want_frames else batch_size,
+                         callback=record if want_frames else None, **sample_kwargs)
+    written = []
+    if out is not None:
+        written.append(save_grid(images, out))
+    if gif is not None:
+        written.append(save_gif([*frames[:: max(1, len(frames) // 60)], images], gif))
+    if progression is not None:
+        written.append(save_progression(snapshots, progression))
+    if save_dir is not None:
+        from difflab.data import save_images
+
+        save_images(images, save_dir)
+        written.append(save_dir)
+    return [Path(p) for p in written]

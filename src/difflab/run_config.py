@@ -30,6 +30,7 @@ RESUMABLE_CHANGES = (
     "sample_steps",
     "sample_variance",
     "sample_clip",
+    "sample_mix_offset",
 )
 
 
@@ -44,7 +45,16 @@ class TrainConfig(Config):
     on the v target (Salimans & Ho 2022) with the cosine schedule and min-SNR-5 weighting
     (Hang et al. 2023), batch 32, AdamW 2e-3 with warm-up and cosine decay, EMA 0.999. On the
     embedded MNIST this gives clean digits several times sooner than eps prediction on the linear
-    schedule (benchmarks/README.md)."""
+    schedule (benchmarks/README.md).
+
+    Length: ``steps`` optimizer steps, or with ``epochs`` set, ``ceil(epochs * N / batch_size)``
+    steps for N images (resolved when the data is loaded and saved as ``steps``). ``keep_best``
+    also writes the EMA weights of the epoch with the lowest mean loss to ``best.safetensors``
+    (seed 000 keeps its best-loss model), and sampling then uses them.
+
+    ``sample_*`` are the run's sampling defaults (``difflab sample`` and the grids during
+    training): sampler, steps, DDPM variance, x_0 clipping, and ``sample_mix_offset`` for the
+    mixing sampler of corrupt runs (factor ``1 / (steps - i + offset)``)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     net_kind: str = "unet"
@@ -79,6 +89,7 @@ class TrainConfig(Config):
     sample_steps: int = 50
     sample_variance: Literal["beta", "beta_tilde"] = "beta"
     sample_clip: bool = True
+    sample_mix_offset: int = 0
     keep_best: bool = False
     log_every: int = 10
     eval_every: int = 0
@@ -114,6 +125,12 @@ class TrainConfig(Config):
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.epochs is not None and not self.epochs > 0:
             raise ValueError(f"epochs must be positive (or None to count steps), got {self.epochs}")
+        if self.sample_mix_offset < 0:
+            raise ValueError(f"sample_mix_offset must be >= 0, got {self.sample_mix_offset}")
+        if self.net_kind == "diffusers-cond-unet" and self.net is None:
+            raise ValueError("diffusers-cond-unet needs a text context to cross-attend to, and text "
+                             "conditioning is not built yet; use --net diffusers-unet (it takes "
+                             "--class-cond) or --net unet")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0 (0 = off), got {self.eval_every}")
         if self.lr <= 0:

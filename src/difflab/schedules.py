@@ -24,7 +24,7 @@ from difflab.config import check_choice
 ScheduleName = Literal["linear", "scaled_linear", "cosine", "sigmoid"]
 SCHEDULES: tuple[str, ...] = ("linear", "scaled_linear", "cosine", "sigmoid")
 Spacing = Literal["leading", "trailing", "linspace"]
-SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace")
+SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace", "seed002")
 
 
 @dataclass(frozen=True, eq=False)
@@ -156,6 +156,10 @@ def timesteps(T: int, steps: int, spacing: str = "leading", offset: int = 0) -> 
       visits t = T-1, so the first step starts below the model's highest noise level.
     - ``trailing``: round(T - k T/steps) - 1: always starts at t = T-1 and ends near 0.
     - ``linspace``: round(linspace(0, T-1, steps)): both ends included.
+    - ``seed002``: seed 002's own DDIM grid, ``linspace(T, 0, steps + 1).long() - 1`` in float32
+      and truncated, without its final -1. Like ``trailing`` it starts at T-1, but it truncates
+      where ``trailing`` rounds, so the two differ when ``steps`` does not divide T (11 of 30
+      timesteps at 1000/30).
 
     The step after the last timestep is always t = -1 (alpha_bar = 1, the clean image); samplers
     take the previous timestep from this list, never from ``t - T // steps``, which is wrong for
@@ -176,6 +180,8 @@ def timesteps(T: int, steps: int, spacing: str = "leading", offset: int = 0) -> 
         ratio = T / steps
         ts = torch.round(torch.arange(T, 0, -ratio, dtype=torch.float64)) - 1
         ts = ts.flip(0)
+    elif spacing == "seed002":
+        ts = (torch.linspace(T, 0, steps + 1).to(torch.int64) - 1)[:-1].flip(0)
     else:
         ts = torch.round(torch.linspace(0, T - 1, steps, dtype=torch.float64))
     ts = ts.round().to(torch.int64).clamp(0, T - 1)

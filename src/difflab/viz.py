@@ -412,3 +412,20 @@ def plot_eval(log: str | Path | Iterable[Mapping[str, Any]], path: str | Path) -
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return path
+
+
+def save_data_forward_strip(
+    data: Any, out: str | Path, *, schedule: str = "linear", T: int = 1000, n: int = 8, seed: int = 0
+) -> Path:
+    """Note 000's ``show_forward`` on a data set: ``n`` seeded images of ``data`` (a
+    :class:`~difflab.data.DataConfig`) at 0/25/50/75/100% of the forward process."""
+    import torch
+
+    from difflab.data import load_dataset
+    from difflab.schedules import NoiseSchedule
+
+    images = load_dataset(data)
+    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
+    batch, _ = images.batch(idx)
+    sched = NoiseSchedule.from_name(schedule, T)
+    return save_forward_strip(sched, batch, out, generator=torch.Generator().manual_seed(seed))

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from difflab.cli import positive_int
+from difflab.cli.args import positive_int
 from difflab.eval.features import FEATURES
 
 
@@ -57,7 +57,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         write_json(report.to_dict(), args.json)
 
 
-def add_eval_commands(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     from difflab.eval.evaluate import METRICS
     from difflab.samplers import SAMPLERS
 

@@ -1,0 +1,47 @@
+"""The ``difflab`` command: one module per command group, each calling library functions."""
+
+from __future__ import annotations
+
+import sys
+
+from difflab.cli import demo, eval, sample, show, train
+from difflab.cli.args import Parser
+
+GROUPS = (train, sample, show, demo, eval)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="difflab", description="Train, sample, evaluate and show diffusion models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for group in GROUPS:
+        group.register(sub)
+    return parser
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The errors that are the user's to fix: reported in one line, without a traceback."""
+    from difflab.data import DataError
+    from difflab.io import CheckpointError
+
+    errors: tuple[type[BaseException], ...] = (ValueError, CheckpointError, DataError, OSError, ImportError)
+    if "difflab.train.loop" in sys.modules:  # only loaded by the commands that train
+        errors += (sys.modules["difflab.train.loop"].TrainingError,)
+    return errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except Exception as err:
+        if not isinstance(err, user_errors()):
+            raise
+        print(f"difflab: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("difflab: interrupted; the last checkpoint is intact (continue with --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+__all__ = ["build_parser", "main"]

@@ -1,0 +1,96 @@
+"""``difflab sample``: images, a denoising GIF and a progression strip from a trained run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from difflab.cli.args import non_negative_float, positive_int, with_default
+
+RUN_DEFAULT = "default: the run's own; for the default recipe"
+
+
+def add_sample_args(p: argparse.ArgumentParser) -> None:
+    """The sampling options of the notes and of the sampler family, all reachable here."""
+    from difflab.run_config import TrainConfig
+    from difflab.samplers import GRIDS, SAMPLERS
+    from difflab.schedules import SPACINGS
+
+    p.add_argument("--sampler", choices=(*SAMPLERS, "mix"),
+                   help=f"{RUN_DEFAULT} {TrainConfig.default('sample_sampler')}; a preset run uses its "
+                   "note's (ddpm for seed000/003/004, mix for the corrupt models)")
+    p.add_argument("--steps", type=positive_int,
+                   help=f"sampling steps ({RUN_DEFAULT} {TrainConfig.default('sample_steps')}; T for ddpm)")
+    p.add_argument("--spacing", choices=SPACINGS, default="trailing",
+                   help="which of the T timesteps the steps visit; seed002 is note 002's DDIM grid "
+                   "(default: trailing)")
+    p.add_argument("--sigmas", choices=GRIDS,
+                   help="noise levels of the sigma samplers (euler, heun, dpmpp-*, unipc): the respaced "
+                   "timesteps, karras or uniform log-snr (default: timesteps)")
+    p.add_argument("--rho", type=non_negative_float, default=7.0,
+                   help="rho of the karras grid (default: 7.0)")
+    p.add_argument("--eta", type=non_negative_float,
+                   help="noise of ddim (default: 0, deterministic), euler-ancestral and dpmpp-*-sde "
+                   "(default: 1)")
+    p.add_argument("--simple-var", action="store_true",
+                   help="note 002's DDIM option: eta = 1 with the beta variance for the noise (default: off)")
+    p.add_argument("--variance", choices=("beta", "beta_tilde"),
+                   help=f"DDPM's sigma_t^2 (note 000's two choices; {RUN_DEFAULT} "
+                   f"{TrainConfig.default('sample_variance')})")
+    p.add_argument("--clip", action=argparse.BooleanOptionalAction,
+                   help="clip the predicted x_0 to [-1, 1] as note 002 does (--no-clip: as notes 000 and "
+                   f"004 do; {RUN_DEFAULT} clipped)")
+    p.add_argument("--churn", type=non_negative_float,
+                   help="EDM's S_churn for euler and heun (default: 0)")
+    p.add_argument("--weights", choices=("last", "best"),
+                   help="the run's last weights or its best-loss epoch's (default: best for --keep-best "
+                   "runs, else last)")
+    p.add_argument("--n", type=positive_int, default=64, help=with_default("number of images", 64))
+    p.add_argument("--seed", type=int, default=0, help=with_default("image i uses seed + i", 0))
+    p.add_argument("--batch-size", type=positive_int, default=256, help=with_default("images per batch", 256))
+    p.add_argument("--class-label", type=int, help="class for every image (class-conditional runs)")
+    p.add_argument("--device", default="auto", help=with_default("auto | cpu | cuda | cuda:N", "auto"))
+
+
+def sample_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The :meth:`difflab.Pipeline.sample` arguments the flags ask for (unset flags are left to
+    the run's defaults)."""
+    if args.sampler == "ddpm" and args.eta is not None:
+        raise ValueError("--eta applies to --sampler ddim only (and the ancestral/SDE samplers)")
+    kwargs: dict[str, Any] = {
+        "sampler": args.sampler, "steps": args.steps, "eta": args.eta, "seed": args.seed,
+        "clip_x0": args.clip, "variance": args.variance, "spacing": args.spacing, "sigmas": args.sigmas,
+    }
+    if args.class_label is not None:
+        kwargs["class_labels"] = [args.class_label] * args.n
+    if args.simple_var:
+        kwargs["simple_var"] = True
+    if args.sigmas == "karras":
+        kwargs["rho"] = args.rho
+    if args.churn is not None:
+        kwargs["s_churn"] = args.churn
+    return kwargs
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from difflab.pipeline import load, write_samples
+
+    kwargs = sample_kwargs(args)  # flags are checked before the run is loaded
+    pipe = load(args.run, args.device, args.weights)
+    written = write_samples(pipe, args.n, out=args.out, gif=args.gif, progression=args.progression,
+                            save_dir=args.save_dir, batch_size=args.batch_size, **kwargs)
+    for p in written:
+        print(f"wrote {p}")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="sample images from a trained run")
+    p.add_argument("run", type=Path, help="run folder written by `difflab train`")
+    add_sample_args(p)
+    p.add_argument("--out", type=Path, default=Path("samples.png"),
+                   help=with_default("grid image", "samples.png"))
+    p.add_argument("--gif", type=Path, help="also write a denoising GIF")
+    p.add_argument("--progression", type=Path, help="also write a progression strip")
+    p.add_argument("--save-dir", type=Path, help="also write each image as a PNG here")
+    p.set_defaults(func=cmd_sample)

@@ -1,0 +1,141 @@
+"""``difflab train``: train a model (the default recipe, a note's preset, or any mix of flags)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from difflab.cli.args import non_negative_float, positive_float, positive_int, with_default
+from difflab.run_config import TrainConfig
+
+# Command-line flag -> TrainConfig field, for the flags that set a field directly.
+FIELDS = {
+    "net": "net_kind", "steps": "steps", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
+    "seed": "seed", "schedule": "schedule", "T": "T", "prediction": "prediction", "objective": "objective",
+    "loss": "loss", "weighting": "weighting", "ema_decay": "ema_decay",
+    "checkpoint_every": "checkpoint_every", "sample_every": "sample_every", "eval_every": "eval_every",
+    "eval_n": "eval_n", "device": "device",
+}
+SWITCHES = {"class_cond": "class_cond", "compile": "compile", "keep_best": "keep_best"}
+
+
+def _config_help(text: str, field: str) -> str:
+    return with_default(text, TrainConfig.default(field))
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    from difflab.data import SPEC_FORMS
+    from difflab.nets import NET_KINDS
+    from difflab.presets import PRESETS
+
+    p.add_argument("--data", help=f"{SPEC_FORMS} (default: mnist, or the preset's data)")
+    p.add_argument("--out", required=True, help="run folder to create (or continue with --resume)")
+    p.add_argument("--preset", choices=PRESETS,
+                   help="a study note's program, as written (docs/notes.md); flags given with it still apply")
+    p.add_argument("--small", action="store_true",
+                   help="the scaled-down variant of a preset too large for a CPU (seed004); "
+                   "prints its changes")
+    p.add_argument("--net", choices=NET_KINDS, help=_config_help("network", "net_kind"))
+    p.add_argument("--steps", type=positive_int, help=_config_help("optimizer steps", "steps"))
+    p.add_argument("--epochs", type=positive_float,
+                   help="train this many passes over the data instead of --steps (the notes count epochs)")
+    p.add_argument("--batch-size", type=positive_int, help=_config_help("images per step", "batch_size"))
+    p.add_argument("--lr", type=positive_float, help=_config_help("learning rate", "lr"))
+    p.add_argument("--seed", type=int, help=_config_help("seed of everything random in training", "seed"))
+    p.add_argument("--schedule", choices=TrainConfig.choices("schedule"),
+                   help=_config_help("noise schedule", "schedule"))
+    p.add_argument("--T", type=positive_int, help=_config_help("training timesteps", "T"))
+    p.add_argument("--prediction", choices=TrainConfig.choices("prediction"),
+                   help="network target (default: v; x0 for basic-unet)")
+    p.add_argument("--objective", choices=TrainConfig.choices("objective"),
+                   help=_config_help("corrupt = seed 003's first model: an x_0 predictor on a linear mix "
+                                     "with uniform noise, sampled with the mixing sampler", "objective"))
+    p.add_argument("--loss", choices=TrainConfig.choices("loss"), help=_config_help("loss", "loss"))
+    p.add_argument("--weighting", choices=TrainConfig.choices("weighting"),
+                   help=_config_help("per-timestep loss weighting", "weighting"))
+    p.add_argument("--image-size", type=positive_int, help="resize the data to N x N")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="convert to grey (1) or RGB (3)")
+    p.add_argument("--flip", action="store_true", help="random horizontal flips")
+    p.add_argument("--limit", type=positive_int, help="train on the first N images only")
+    p.add_argument("--class-cond", action="store_true", help="condition on class labels (with CFG dropout)")
+    p.add_argument("--ema-decay", type=non_negative_float, help=_config_help("EMA decay", "ema_decay"))
+    p.add_argument("--keep-best", action="store_true",
+                   help="also keep the weights of the epoch with the lowest mean loss (best.safetensors), "
+                   "which sampling then uses")
+    p.add_argument("--checkpoint-every", type=positive_int,
+                   help=_config_help("steps between checkpoints", "checkpoint_every"))
+    p.add_argument("--sample-every", type=positive_int,
+                   help=_config_help("steps between sample grids", "sample_every"))
+    p.add_argument("--eval-every", type=positive_int,
+                   help="score the EMA model every N steps (FD-digit on digits, else FD-EffNetLite0) "
+                   "into log.jsonl and eval.png")
+    p.add_argument("--eval-n", type=positive_int,
+                   help=_config_help("samples per --eval-every score", "eval_n"))
+    p.add_argument("--device", help=_config_help("auto | cpu | cuda | cuda:N", "device"))
+    p.add_argument("--compile", action="store_true", help="torch.compile the network for training")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    from difflab.data import parse_data_spec
+    from difflab.nets import predicts
+    from difflab.presets import preset_config
+
+    overrides: dict[str, Any] = {}
+    data_fields = {k: v for k, v in {"image_size": args.image_size, "channels": args.channels,
+                                     "limit": args.limit}.items() if v is not None}
+    if args.flip:
+        data_fields["flip"] = True
+    if args.data is not None or not args.preset:
+        overrides["data"] = parse_data_spec(args.data or "mnist", **data_fields)
+    elif data_fields:
+        raise ValueError("--image-size, --channels, --flip and --limit need --data with a preset")
+    overrides.update({field: getattr(args, arg) for arg, field in FIELDS.items()
+                      if getattr(args, arg) is not None})
+    overrides.update({field: True for arg, field in SWITCHES.items() if getattr(args, arg)})
+    if args.objective == "corrupt" and not args.preset:
+        overrides.update(prediction="x0", sample_sampler="mix")
+        overrides.setdefault("net_kind", "basic-unet")
+    if args.prediction is None and overrides.get("net_kind") and predicts(overrides["net_kind"]) == "x0":
+        overrides["prediction"] = "x0"
+    if args.preset:
+        return preset_config(args.preset, small=args.small, **overrides)
+    if args.small:
+        raise ValueError("--small applies to a --preset")
+    return TrainConfig(**overrides)
+
+
+def describe_preset(cfg: TrainConfig, small: bool) -> list[str]:
+    """The preset's program, its deviations from the note and how long it will take here."""
+    from difflab.presets import PROGRAMS, deviations
+    from difflab.train.estimate import estimate
+
+    program = PROGRAMS[cfg.preset or ""]
+    lines = [f"preset {program.name} (note {program.note}): {program.summary}"]
+    lines += [f"  differs from the note: {d}" for d in deviations(program.name, small)]
+    lines.append("  " + estimate(cfg).describe())
+    if program.small and not small:
+        lines.append(f"  a scaled-down variant: --preset {program.name} --small")
+    return lines
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from difflab.train import train
+
+    cfg = train_config_from_args(args)
+    if cfg.preset and not args.resume:
+        for line in describe_preset(cfg, args.small):
+            print(line, flush=True)
+    result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    print(
+        f"trained {result.steps} steps in {result.seconds:.0f} s ({result.images_per_s:.0f} images/s); "
+        f"weights: {Path(args.out) / 'model.safetensors'}"
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model into a run folder")
+    add_train_args(p)
+    p.set_defaults(func=cmd_train)
