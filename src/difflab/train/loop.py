@@ -1,8 +1,15 @@
-"""The training loop: one function, ``train(config, out)``, resumable bit-for-bit.
+"""The training loop: ``train(config, out)``, resumable bit-for-bit.
 
-Everything random in a step (batch order, flips, timesteps, noise, label dropout) comes from the
-batcher and one torch generator whose states are in the checkpoint, so a run killed at any point
-and resumed from its last checkpoint ends with the same weights as one that never stopped.
+Everything random in a step comes from state the checkpoint holds: batch order and flips from the
+batcher; timesteps, noise and label dropout from one torch generator; dropout inside the network
+from torch's global RNG (CPU, and CUDA's on a GPU). Sample grids, evaluations and ``on_step`` run
+with the global RNG forked, so they never shift it. A run killed at any point and resumed from its
+last checkpoint therefore ends with the same weights as one that never stopped.
+
+A run is a :class:`Trainer`: built from the config (or resumed from the newest checkpoint), it
+takes one optimizer step at a time (:meth:`Trainer.train_step`), then does what is due
+(:meth:`Trainer.after_step`: epoch end, log record, checkpoint, sample grid, evaluation), and
+:meth:`Trainer.finish` writes the final checkpoint and plots.
 """
 
 from __future__ import annotations
@@ -10,12 +17,14 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from difflab.data import Batcher, ImageDataset, load_dataset
 from difflab.device import resolve_device
@@ -33,6 +42,12 @@ from difflab.train.checkpoint import (
 )
 from difflab.train.ema import EMA
 
+Log = Callable[[str], None]
+OnStep = Callable[[int, float, nn.Module], None]
+
+BEST_WEIGHTS = "best.safetensors"
+FINAL_WEIGHTS = "model.safetensors"
+
 
 class TrainingError(RuntimeError):
     """Training cannot go on; the message says why and what to do."""
@@ -47,8 +62,15 @@ class TrainResult:
     images_per_s: float
 
 
-def prepare_data(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[TrainConfig, ImageDataset]:
-    """Load the data at the size the network needs and resolve the network config."""
+def steps_for_epochs(epochs: float, n: int, batch_size: int) -> int:
+    """Optimizer steps in ``epochs`` passes over ``n`` samples: the batcher spans epochs without
+    dropping samples, so an epoch is ``n / batch_size`` steps; a partial last step counts."""
+    return max(1, math.ceil(round(epochs * n / batch_size, 9)))  # round: 1.1 * 50 is 55.00000000000001
+
+
+def prepare_data(cfg: TrainConfig, log: Log) -> tuple[TrainConfig, ImageDataset]:
+    """Load the data at the size the network needs and resolve the network config and, for a
+    run counted in ``epochs``, its ``steps``."""
     from difflab.nets import default_net_config, required_image_size
 
     data = load_dataset(cfg.data)
@@ -70,7 +92,12 @@ def prepare_data(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[TrainCon
         n_steps=cfg.T,
         num_classes=data.num_classes if cfg.class_cond else 0,
     )
-    return cfg.replace(data=data_cfg, net=net_cfg), data
+    cfg = cfg.replace(data=data_cfg, net=net_cfg)
+    if cfg.epochs is not None:
+        steps = steps_for_epochs(cfg.epochs, len(data), cfg.batch_size)
+        log(f"{cfg.epochs:g} epochs = {steps} steps of {cfg.batch_size} ({len(data)} images)")
+        cfg = cfg.replace(steps=steps)
+    return cfg, data
 
 
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
@@ -97,26 +124,9 @@ def make_optimizer(cfg: TrainConfig, net: nn.Module, device: torch.device) -> to
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
 
 
-def train(
-    config: TrainConfig,
-    out: str | Path,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-    max_seconds: float | None = None,
-    on_step: Callable[[int, float, nn.Module], None] | None = None,
-) -> TrainResult:
-    """Train ``config`` into the run folder ``out`` (see the README for its layout).
-
-    ``max_seconds`` stops early (with a checkpoint) once that much training time has passed: for
-    equal-time comparisons in benchmarks. ``on_step(step, seconds, ema_model)`` is called after
-    every optimizer step (e.g. to snapshot the EMA weights at fixed wall-clock times)."""
-    from difflab.nets import build_net, param_count
-
-    out = Path(out)
-    device = resolve_device(config.device)
-    cfg, data = prepare_data(config, log)
+def write_run_config(cfg: TrainConfig, out: Path, resume: bool) -> None:
+    """Write ``out/config.json``; a new run must not overwrite a run, and a resumed one must
+    match the saved config except in the fields that may change (``RESUMABLE_CHANGES``)."""
     cfg_path = out / "config.json"
     if resume:
         if not cfg_path.is_file():
@@ -134,194 +144,383 @@ def train(
         )
     atomic_write(cfg_path, lambda tmp: tmp.write_text(cfg.to_json() + "\n"))
 
-    torch.manual_seed(cfg.seed)
-    net = build_net(cfg.net).to(device)
-    ema = EMA(net, cfg.ema_decay, cfg.ema_warmup)
-    optimizer = make_optimizer(cfg, net, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    batcher = Batcher(len(data), cfg.batch_size, cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    schedule = cfg.make_schedule()
-    ckpt_dir = out / "checkpoints"
-    step = 0
-    if device.type != "cpu":
-        data.images = data.images.to(device)  # uint8 and small: batches are gathered on the device
-    model = torch.compile(net) if cfg.compile else net  # same parameters; state dicts come from net
-    if resume and (found := list_checkpoints(ckpt_dir)):
-        state = load_checkpoint(found[-1][1])
-        net.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        batcher.load_state_dict(state["batcher"])
-        gen.set_state(state["generator"])
-        step = int(state["step"])
-        log(f"resuming {out} from step {step}")
-    log(f"{data.summary()}")
-    log(
-        f"net {cfg.net_kind}: {param_count(net):,} parameters; {cfg.steps} steps of {cfg.batch_size} "
-        f"on {device.type}; writing to {out}"
-    )
 
-    def checkpoint() -> None:
-        state = {
-            "step": step,
-            "model": net.state_dict(),
-            "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "batcher": batcher.state_dict(),
-            "generator": gen.get_state(),
-        }
-        save_checkpoint(state, ckpt_dir / f"step_{step:07d}.pt")
-        save_weights(ema.model.state_dict(), out / "model.safetensors", {"step": str(step)})
-        prune_checkpoints(ckpt_dir, cfg.keep_checkpoints)
+def global_rng_state(device: torch.device) -> dict[str, Tensor]:
+    """torch's global RNG states that a step on ``device`` draws from (dropout)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
-    def sample_grid() -> None:
-        from difflab.pipeline import Pipeline
-        from difflab.viz import save_grid
 
-        pipe = Pipeline(ema.model, cfg, device)
-        images = pipe.sample(cfg.sample_n, sampler=cfg.sample_sampler, steps=cfg.sample_steps, seed=0)
-        save_grid(images, out / "samples" / f"step_{step:07d}.png")
-        ema.model.eval()
+def set_global_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
-    evaluator = None
-    if cfg.eval_every:
+
+@contextmanager
+def forked_rng(device: torch.device) -> Iterator[None]:
+    """Run the body with torch's global RNG restored afterwards, so side work (sample grids,
+    evaluations, callbacks) does not change the draws of later training steps."""
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
+@dataclass
+class EpochLosses:
+    """The running sum of this epoch's step losses and the best finished epoch so far
+    (``{"epoch", "step", "loss"}``, lowest mean loss); both live in the checkpoint."""
+
+    total: float = 0.0
+    count: int = 0
+    best: dict[str, Any] | None = None
+
+    def add(self, values: list[float]) -> None:
+        self.total += sum(values)
+        self.count += len(values)
+
+    def close_epoch(self) -> float:
+        """The mean loss of the epoch just finished; the next one starts from zero."""
+        mean = self.total / max(self.count, 1)
+        self.total, self.count = 0.0, 0
+        return mean
+
+    def is_best(self, loss: float) -> bool:
+        return self.best is None or loss < self.best["loss"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "count": self.count, "best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.total, self.count, self.best = float(state["total"]), int(state["count"]), state["best"]
+
+
+class Trainer:
+    """One run's state (network, EMA, optimizer, LR schedule, batcher, generator, step counter,
+    loss bookkeeping) and the parts of the loop that move it on."""
+
+    def __init__(
+        self, cfg: TrainConfig, data: ImageDataset, out: Path, device: torch.device, log: Log
+    ) -> None:
+        from difflab.nets import build_net
+
+        self.cfg, self.data, self.out, self.device, self.log = cfg, data, out, device, log
+        torch.manual_seed(cfg.seed)
+        self.net = build_net(cfg.net).to(device)
+        self.ema = EMA(self.net, cfg.ema_decay, cfg.ema_warmup)
+        self.optimizer = make_optimizer(cfg, self.net, device)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
+        self.batcher = Batcher(len(data), cfg.batch_size, cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.schedule = cfg.make_schedule()
+        self.ckpt_dir = out / "checkpoints"
+        self.step = 0
+        if device.type != "cpu":
+            data.images = data.images.to(device)  # uint8 and small: batches are gathered on the device
+        self.model = torch.compile(self.net) if cfg.compile else self.net  # same parameters as net
+        self.num_classes = int(getattr(self.net, "num_classes", 0))
+        self.use_autocast = device.type == "cuda"
+        self.evaluator = self._make_evaluator()
+        # Reading a loss back forces a host-device sync; on accelerators do it every log_every steps.
+        self.sync_every = 1 if device.type == "cpu" else cfg.log_every
+        self.pending: list[tuple[int, Tensor]] = []  # (step, loss) not yet read back from the device
+        self.window: list[float] = []  # read-back losses of the current logging window
+        self.epoch_losses = EpochLosses()
+        self.epoch_ended = False  # did the last step's batch finish an epoch?
+        self.last_loss = float("nan")
+        self.bar: Any = None
+        self.log_file: IO[str] | None = None
+        self.t_start = self.window_t = time.perf_counter()
+
+    def _make_evaluator(self) -> Callable[[nn.Module], dict[str, float]] | None:
+        if not self.cfg.eval_every:
+            return None
         from difflab.train.evaluation import TrainingEval
 
-        evaluator = TrainingEval(cfg, data, device, log)
+        return TrainingEval(self.cfg, self.data, self.device, self.log)
 
-    def run_eval() -> None:
-        scores = evaluator(ema.model)
-        log_file.write(json.dumps({"step": step, "eval": scores}) + "\n")
-        log_file.flush()
-        bar.write(f"step {step}: " + ", ".join(f"{k} {v:g}" for k, v in scores.items()))
+    # --- checkpoints -------------------------------------------------------------------------
 
-    from tqdm.auto import tqdm
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "model": self.net.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "batcher": self.batcher.state_dict(),
+            "generator": self.gen.get_state(),
+            "global_rng": global_rng_state(self.device),
+            "epoch_losses": self.epoch_losses.state_dict(),
+        }
 
-    bar = tqdm(
-        total=cfg.steps, initial=step, disable=not progress, desc="training", unit="step", dynamic_ncols=True
-    )
-    log_file = (out / "log.jsonl").open("a")
-    t_start, window_t, last_loss = time.perf_counter(), time.perf_counter(), float("nan")
-    window: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet read back from the device
-    losses: list[float] = []  # read-back losses of the current logging window
-    # Reading a loss back forces a host-device sync; on accelerators do it every log_every steps.
-    sync_every = 1 if device.type == "cpu" else cfg.log_every
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.batcher.load_state_dict(state["batcher"])
+        self.gen.set_state(state["generator"])
+        self.step = int(state["step"])
+        if "global_rng" in state:
+            set_global_rng_state(state["global_rng"], self.device)
+        else:
+            self.log("this checkpoint predates saving torch's RNG: dropout will draw differently "
+                     "than in an uninterrupted run")
+        if "epoch_losses" in state:
+            self.epoch_losses.load_state_dict(state["epoch_losses"])
 
-    def check_finite() -> None:
-        if not window:
+    def resume(self) -> None:
+        """Continue from the newest checkpoint in the run folder, if there is one."""
+        found = list_checkpoints(self.ckpt_dir)
+        if found:
+            self.load_state_dict(load_checkpoint(found[-1][1]))
+            self.log(f"resuming {self.out} from step {self.step}")
+
+    def checkpoint(self) -> None:
+        """Save the training state and the EMA weights; prune old checkpoints."""
+        save_checkpoint(self.state_dict(), self.ckpt_dir / f"step_{self.step:07d}.pt")
+        save_weights(self.ema.model.state_dict(), self.out / FINAL_WEIGHTS, {"step": str(self.step)})
+        prune_checkpoints(self.ckpt_dir, self.cfg.keep_checkpoints)
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def describe(self) -> None:
+        from difflab.nets import param_count
+
+        cfg = self.cfg
+        self.log(f"{self.data.summary()}")
+        self.log(
+            f"net {cfg.net_kind}: {param_count(self.net):,} parameters; {cfg.steps} steps of "
+            f"{cfg.batch_size} on {self.device.type}; writing to {self.out}"
+        )
+
+    @contextmanager
+    def outputs(self, progress: bool) -> Iterator[None]:
+        """The progress bar and ``log.jsonl``, open for the loop."""
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(
+            total=self.cfg.steps, initial=self.step, disable=not progress, desc="training", unit="step",
+            dynamic_ncols=True,
+        )
+        self.log_file = (self.out / "log.jsonl").open("a")
+        try:
+            yield
+        finally:
+            self.bar.close()
+            self.log_file.close()
+
+    def run(self, max_seconds: float | None, on_step: OnStep | None) -> None:
+        """Step until ``cfg.steps`` (or ``max_seconds`` of training)."""
+        self.t_start = self.window_t = time.perf_counter()
+        self.net.train()
+        while self.step < self.cfg.steps:
+            self.train_step()
+            self.after_step()
+            if on_step is not None:
+                with forked_rng(self.device):
+                    on_step(self.step, self.elapsed(), self.ema.model)
+            if max_seconds is not None and self.elapsed() > max_seconds:
+                self.log(f"stopping at step {self.step}: the time limit of {max_seconds:.0f} s is reached")
+                break
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t_start
+
+    def train_step(self) -> None:
+        """Draw a batch, take one optimizer step, update the EMA; the loss is queued for reading."""
+        epoch = self.batcher.epoch
+        x0, labels = self.batcher.next_batch(self.data, device=self.device)
+        self.epoch_ended = self.batcher.epoch > epoch
+        loss = self.loss(x0, labels)
+        self.pending.append((self.step + 1, loss.detach()))
+        if len(self.pending) >= self.sync_every:
+            self.read_losses()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.ema.update(self.net)
+        self.step += 1
+
+    def loss(self, x0: Tensor, labels: Tensor | None) -> Tensor:
+        """The training loss of one batch, with timesteps, noise and label dropout from ``gen``."""
+        cfg, device, gen = self.cfg, self.device, self.gen
+        b = x0.shape[0]
+        t = torch.randint(0, cfg.T, (b,), generator=gen).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        cond = None
+        if self.num_classes and labels is not None:
+            drop = torch.rand(b, generator=gen).to(device) < cfg.cond_drop
+            cond = {"class_labels": torch.where(drop, self.num_classes, labels)}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.use_autocast):
+            if cfg.objective == "corrupt":
+                amount = torch.rand(b, generator=gen).to(device)
+                return corrupt_loss(self.model, x0, amount, torch.special.ndtr(noise), cfg.loss)
+            return diffusion_loss(
+                self.model,
+                x0,
+                t,
+                noise,
+                schedule=self.schedule,
+                prediction=cfg.prediction,
+                loss=cfg.loss,
+                weighting=cfg.weighting,
+                snr_gamma=cfg.snr_gamma,
+                cond=cond,
+            )
+
+    def read_losses(self) -> None:
+        """Read the queued losses back from the device; stop with a clear error at NaN or inf."""
+        if not self.pending:
             return
-        numbers = [n for n, _ in window]
-        values = torch.stack([v for _, v in window]).float().cpu().tolist()
-        window.clear()
+        numbers = [n for n, _ in self.pending]
+        values = torch.stack([v for _, v in self.pending]).float().cpu().tolist()
+        self.pending.clear()
         for number, value in zip(numbers, values, strict=True):
             if not math.isfinite(value):
-                last = list_checkpoints(ckpt_dir)
+                last = list_checkpoints(self.ckpt_dir)
                 where = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint was written"
                 raise TrainingError(
                     f"loss became {value} at step {number}; {where}. "
                     "Lower --lr or check the data, then --resume"
                 )
-        losses.extend(values)
+        self.window.extend(values)
+        self.epoch_losses.add(values)
 
-    use_autocast = device.type == "cuda"
-    num_classes = int(getattr(net, "num_classes", 0))
-    net.train()
+    def due(self, every: int) -> bool:
+        return self.step % every == 0 or self.step == self.cfg.steps
+
+    def after_step(self) -> None:
+        """What is due after a step: epoch end, log record, checkpoint, sample grid, evaluation."""
+        cfg = self.cfg
+        if self.epoch_ended:
+            self.end_epoch()
+        if self.due(cfg.log_every):
+            self.write_log_record()
+        self.bar.update(1)
+        if self.due(cfg.checkpoint_every):
+            self.read_losses()
+            self.checkpoint()
+        if self.due(cfg.sample_every):
+            with forked_rng(self.device):
+                self.sample_grid()
+            self.net.train()
+        if self.evaluator is not None and self.due(cfg.eval_every):
+            with forked_rng(self.device):
+                self.run_eval()
+            self.net.train()
+
+    def write_log_record(self) -> None:
+        """One ``log.jsonl`` record: the mean loss of the window, LR, speed, epochs, time."""
+        self.read_losses()
+        now = time.perf_counter()
+        ips = len(self.window) * self.cfg.batch_size / max(now - self.window_t, 1e-9)
+        self.last_loss = self.window[-1]
+        record = {
+            "step": self.step,
+            "loss": sum(self.window) / len(self.window),
+            "lr": self.scheduler.get_last_lr()[0],
+            "images_per_s": round(ips, 2),
+            "epoch": round(self.batcher.progress, 4),
+            "elapsed_s": round(now - self.t_start, 2),
+        }
+        self.write_record(record)
+        self.bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{ips:.0f}")
+        self.window.clear()
+        self.window_t = now
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        assert self.log_file is not None, "records are written inside Trainer.outputs()"
+        self.log_file.write(json.dumps(record) + "\n")
+        self.log_file.flush()
+
+    def end_epoch(self) -> None:
+        """Log the mean loss of the epoch just finished; with ``keep_best``, write the EMA weights
+        to ``best.safetensors`` when it is the lowest so far."""
+        self.read_losses()
+        epoch, loss = self.batcher.epoch, self.epoch_losses.close_epoch()
+        record: dict[str, Any] = {"step": self.step, "epoch": epoch, "epoch_loss": loss}
+        if self.cfg.keep_best and self.epoch_losses.is_best(loss):
+            self.epoch_losses.best = {"epoch": epoch, "step": self.step, "loss": loss}
+            metadata = {k: repr(v) for k, v in self.epoch_losses.best.items()}
+            save_weights(self.ema.model.state_dict(), self.out / BEST_WEIGHTS, metadata)
+            record["best"] = True
+            self.log(f"epoch {epoch}: mean loss {loss:.5f}, the lowest so far: wrote {BEST_WEIGHTS}")
+        self.write_record(record)
+
+    def sample_grid(self) -> None:
+        from difflab.pipeline import Pipeline
+        from difflab.viz import save_grid
+
+        cfg = self.cfg
+        pipe = Pipeline(self.ema.model, cfg, self.device)
+        images = pipe.sample(cfg.sample_n, sampler=cfg.sample_sampler, steps=cfg.sample_steps, seed=0)
+        save_grid(images, self.out / "samples" / f"step_{self.step:07d}.png")
+        self.ema.model.eval()
+
+    def run_eval(self) -> None:
+        assert self.evaluator is not None
+        scores = self.evaluator(self.ema.model)
+        self.write_record({"step": self.step, "eval": scores})
+        self.bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:g}" for k, v in scores.items()))
+
+    def finish(self) -> TrainResult:
+        """Read the last losses, make sure the last step has a checkpoint, plot the logs."""
+        self.read_losses()
+        self.last_loss = self.window[-1] if self.window else self.last_loss
+        saved = list_checkpoints(self.ckpt_dir)
+        if not saved or saved[-1][0] != self.step:
+            self.checkpoint()
+        seconds = self.elapsed()
+        self.plot_logs()
+        ips = 0.0 if seconds == 0 else self.step * self.cfg.batch_size / seconds
+        return TrainResult(self.out, self.step, self.last_loss, seconds, ips)
+
+    def plot_logs(self) -> None:
+        from difflab.viz import plot_eval, plot_loss
+
+        try:
+            plot_loss(self.out / "log.jsonl", self.out / "loss.png")
+            if self.evaluator is not None:
+                plot_eval(self.out / "log.jsonl", self.out / "eval.png")
+        except ValueError:
+            pass  # too few records to plot
+
+
+def train(
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    log: Log = print,
+    max_seconds: float | None = None,
+    on_step: OnStep | None = None,
+) -> TrainResult:
+    """Train ``config`` into the run folder ``out`` (see the README for its layout).
+
+    ``max_seconds`` stops early (with a checkpoint) once that much training time has passed: for
+    equal-time comparisons in benchmarks. ``on_step(step, seconds, ema_model)`` is called after
+    every optimizer step (e.g. to snapshot the EMA weights at fixed wall-clock times)."""
+    out = Path(out)
+    device = resolve_device(config.device)
+    cfg, data = prepare_data(config, log)
+    write_run_config(cfg, out, resume)
+    trainer = Trainer(cfg, data, out, device, log)
+    if resume:
+        trainer.resume()
+    trainer.describe()
     try:
-        while step < cfg.steps:
-            x0, labels = batcher.next_batch(data, device=device)
-            b = x0.shape[0]
-            t = torch.randint(0, cfg.T, (b,), generator=gen).to(device)
-            noise = torch.randn(x0.shape, generator=gen).to(device)
-            cond = None
-            if num_classes and labels is not None:
-                drop = torch.rand(b, generator=gen).to(device) < cfg.cond_drop
-                cond = {"class_labels": torch.where(drop, num_classes, labels)}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
-                if cfg.objective == "corrupt":
-                    amount = torch.rand(b, generator=gen).to(device)
-                    loss = corrupt_loss(model, x0, amount, torch.special.ndtr(noise), cfg.loss)
-                else:
-                    loss = diffusion_loss(
-                        model,
-                        x0,
-                        t,
-                        noise,
-                        schedule=schedule,
-                        prediction=cfg.prediction,
-                        loss=cfg.loss,
-                        weighting=cfg.weighting,
-                        snr_gamma=cfg.snr_gamma,
-                        cond=cond,
-                    )
-            window.append((step + 1, loss.detach()))
-            if len(window) >= sync_every:
-                check_finite()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            ema.update(net)
-            step += 1
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                check_finite()
-                now = time.perf_counter()
-                ips = len(losses) * cfg.batch_size / max(now - window_t, 1e-9)
-                last_loss = losses[-1]
-                record = {
-                    "step": step,
-                    "loss": sum(losses) / len(losses),
-                    "lr": scheduler.get_last_lr()[0],
-                    "images_per_s": round(ips, 2),
-                    "epoch": round(batcher.progress, 4),
-                    "elapsed_s": round(now - t_start, 2),
-                }
-                log_file.write(json.dumps(record) + "\n")
-                log_file.flush()
-                bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{ips:.0f}")
-                losses.clear()
-                window_t = now
-            bar.update(1)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                check_finite()
-                checkpoint()
-            if step % cfg.sample_every == 0 or step == cfg.steps:
-                sample_grid()
-                net.train()
-            if evaluator is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
-                run_eval()
-                net.train()
-            if on_step is not None:
-                on_step(step, time.perf_counter() - t_start, ema.model)
-            if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
-                log(f"stopping at step {step}: the time limit of {max_seconds:.0f} s is reached")
-                break
+        with trainer.outputs(progress):
+            trainer.run(max_seconds, on_step)
     except CheckpointError as err:
         raise TrainingError(str(err)) from err
-    finally:
-        bar.close()
-        log_file.close()
-    check_finite()
-    last_loss = losses[-1] if losses else last_loss
-    saved = list_checkpoints(ckpt_dir)
-    if not saved or saved[-1][0] != step:
-        checkpoint()
-    seconds = time.perf_counter() - t_start
-    try:
-        from difflab.viz import plot_loss
-
-        plot_loss(out / "log.jsonl", out / "loss.png")
-        if evaluator is not None:
-            from difflab.viz import plot_eval
-
-            plot_eval(out / "log.jsonl", out / "eval.png")
-    except ValueError:
-        pass  # too few records to plot
-    return TrainResult(
-        out, step, last_loss, seconds, 0.0 if seconds == 0 else step * cfg.batch_size / seconds
-    )
-
+    return trainer.finish()
