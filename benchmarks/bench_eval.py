@@ -7,6 +7,7 @@
    noise vs A (the ceiling) and, with ``--run``, the run's samples vs A.
 3. With ``--full-eval``, the wall time of ``difflab eval RUN --n 5000`` by stage.
 
+    python benchmarks/bench_eval.py --quick      # ~1 minute: checks the script runs
     python benchmarks/bench_eval.py --run RUN [--full-eval]
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +28,9 @@ from difflab.eval.features import get_extractor
 from difflab.eval.kid import kernel_distance
 from difflab.eval.precision_recall import precision_recall
 from difflab.eval.stats import extract
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import load_report, machine_report
 
 
 def table(rows: list[dict]) -> str:
@@ -82,10 +86,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--full-eval", action="store_true", help="time `difflab eval RUN --n 5000`")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--quick", action="store_true",
+                        help="64 images a side, no --full-eval: checks the script runs")
     args = parser.parse_args()
+    if args.quick:
+        args.half, args.speed_n, args.full_eval = 64, 32, False
 
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}")
+    machine_report(torch.device("cpu"))
     digits = uint8_to_float(load_dataset(DataConfig()).images[: args.speed_n])
     results: dict[str, list[dict]] = {"speed": speed(["digit", "effnet-lite0"], digits)}
     print(table(results["speed"]), end="\n\n")
@@ -97,6 +104,7 @@ def main() -> None:
                           progress=False, log=lambda s: None)
         print(report.table())
         results["full_eval"] = [report.to_dict()]
+    print(load_report("at the end"))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -9,10 +9,18 @@ against diffusers' schedulers, and (with ``--run``) digit quality of a trained m
    distribution (its floor is the Monte-Carlo noise of ``--n`` samples).
 2. Overhead. Milliseconds per network evaluation of difflab's ``sample`` and of a diffusers
    scheduler loop on the same network (a tiny UNet, and a free "network" to isolate the sampler).
+   Both sides time the same span, from nothing but the network and the starting noise to the
+   final sample: difflab builds its NoiseSchedule and calls ``sample`` (grid, loop); diffusers
+   builds its scheduler, calls ``set_timesteps`` and runs the loop. The two sides alternate
+   (difflab, diffusers, diffusers, difflab, ...) over ``--repeats`` repetitions after a warm-up
+   (5x as many for the free network); the table gives the medians and the median of the
+   per-repetition ratios.
 3. Trained model (``--run RUN``): FD-digit against real MNIST and the classifier's confident share
-   vs NFE.
+   vs NFE. Goal (``--goal-nfe N``, default 10 when N is among ``--nfe``): some sampler at N NFE
+   reaches DDIM at 100 NFE's FD-digit (<=); exit status 1 when none does (``--goal-nfe 0``: no check).
 
-    python benchmarks/bench_samplers.py --quick
+    python benchmarks/bench_samplers.py --quick       # ~1 minute
+    OMP_NUM_THREADS=1 python benchmarks/bench_samplers.py --skip accuracy    # the overhead table
     python benchmarks/bench_samplers.py --run runs/mnist --sigmas karras
 """
 
@@ -21,9 +29,11 @@ from __future__ import annotations
 import argparse
 import inspect
 import math
-import platform
+import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +42,9 @@ import torch
 from difflab import NoiseSchedule, sample
 from difflab.diffusion import discrete_sigmas, t_to_sigma
 from difflab.samplers import SAMPLERS, TIMESTEP_SAMPLERS, sigma_grid
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import exit_on_missed, load_report, machine_report
 
 STOCHASTIC = {"ddpm": {}, "euler-ancestral": {}, "dpmpp-2m-sde": {}, "dpmpp-3m-sde": {}}
 DETERMINISTIC = {"ddim": {}, "euler": {}, "heun": {}, "dpmpp-2m": {}, "unipc": {}}
@@ -168,12 +181,15 @@ def diffusers_schedulers() -> dict[str, Callable[[], object]]:
 Net = Callable[..., torch.Tensor]
 
 
-def time_diffusers(make: Callable[[], Any], net: Net, x: torch.Tensor, steps: int) -> tuple[float, int]:
+def time_diffusers(make: Callable[[], Any], net: Net, x: torch.Tensor, steps: int, takes_generator: bool
+                   ) -> tuple[float, int]:
+    """Seconds from building the scheduler to the final sample (the same span as
+    :func:`time_difflab`), and the number of network evaluations."""
+    gen = torch.Generator().manual_seed(0)
+    kw = {"generator": gen} if takes_generator else {}
+    t0 = time.perf_counter()
     ref = make()
     ref.set_timesteps(steps)
-    gen = torch.Generator().manual_seed(0)
-    kw = {"generator": gen} if "generator" in inspect.signature(ref.step).parameters else {}
-    t0 = time.perf_counter()
     x = x * ref.init_noise_sigma
     for t in ref.timesteps:
         out = net(ref.scale_model_input(x, t), t.expand(x.shape[0]))
@@ -182,9 +198,10 @@ def time_diffusers(make: Callable[[], Any], net: Net, x: torch.Tensor, steps: in
 
 
 def time_difflab(sampler: str, net: Net, x: torch.Tensor, steps: int) -> tuple[float, int]:
-    sched = NoiseSchedule.linear(1000)
+    """Seconds from building the noise schedule to the final sample, and the network evaluations."""
     gen = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
+    sched = NoiseSchedule.linear(1000)
     out = sample(net, x, schedule=sched, sampler=sampler, steps=steps, generator=gen, return_nfe=True)
     return time.perf_counter() - t0, out.nfe
 
@@ -199,23 +216,41 @@ def overhead(args: argparse.Namespace) -> None:
         "tiny UNet": lambda x, t, **_: unet(x, t.float()),
     }
     x = torch.randn((args.batch, 1, 28, 28), generator=torch.Generator().manual_seed(0))
-    print(f"\n### ms per network evaluation, batch {args.batch}x1x28x28, {args.time_steps} steps, "
-          f"best of {args.repeats}\n")
+    print(f"\n### ms per network evaluation, batch {args.batch}x1x28x28, {args.time_steps} steps; both "
+          f"sides from building the schedule to the final sample, alternating, median of {args.repeats} "
+          f"repetitions ({5 * args.repeats} for the free network) after a warm-up\n")
     print("| network | sampler | NFE | difflab ms | diffusers ms | ratio |")
     print("|---|---|---|---|---|---|")
     refs = diffusers_schedulers()
+    takes_gen = {name: "generator" in inspect.signature(make().step).parameters
+                 for name, make in refs.items()}
     with torch.no_grad():
         for net_name, net in nets.items():
+            repeats = args.repeats * (5 if net_name.startswith("none") else 1)
             for sampler, make in refs.items():
-                ours = min(time_difflab(sampler, net, x, args.time_steps) for _ in range(args.repeats))
-                theirs = min(time_diffusers(make, net, x, args.time_steps) for _ in range(args.repeats))
-                a, b = 1e3 * ours[0] / ours[1], 1e3 * theirs[0] / theirs[1]
-                nfe = f"{ours[1]} / {theirs[1]}"
-                print(f"| {net_name} | {sampler} | {nfe} | {a:.3f} | {b:.3f} | {a / b:.2f} |")
+                sides = {
+                    "difflab": lambda s=sampler, n=net: time_difflab(s, n, x, args.time_steps),
+                    "diffusers": lambda m=make, n=net, s=sampler: time_diffusers(
+                        m, n, x, args.time_steps, takes_gen[s]),
+                }
+                for run in sides.values():  # warm-up
+                    run()
+                per_nfe: dict[str, list[float]] = {"difflab": [], "diffusers": []}
+                nfes: dict[str, int] = {}
+                for rep in range(repeats):
+                    for side in ("difflab", "diffusers") if rep % 2 == 0 else ("diffusers", "difflab"):
+                        seconds, nfes[side] = sides[side]()
+                        per_nfe[side].append(1e3 * seconds / nfes[side])
+                a, b = statistics.median(per_nfe["difflab"]), statistics.median(per_nfe["diffusers"])
+                ratio = statistics.median(
+                    o / t for o, t in zip(per_nfe["difflab"], per_nfe["diffusers"], strict=True))
+                nfe = f"{nfes['difflab']} / {nfes['diffusers']}"
+                print(f"| {net_name} | {sampler} | {nfe} | {a:.3f} | {b:.3f} | {ratio:.2f} |", flush=True)
 
 
 # ---- a trained model -----------------------------------------------------------------------------
-def trained(args: argparse.Namespace) -> None:
+def trained(args: argparse.Namespace) -> list[str]:
+    """The digit-score tables of ``--run``; returns the missed goal, if any."""
     from difflab.data import load_dataset, parse_data_spec
     from difflab.eval.digit_classifier import digit_scores, fd_digit
     from difflab.pipeline import load
@@ -236,6 +271,15 @@ def trained(args: argparse.Namespace) -> None:
     note = f"{args.run}, {args.n_images} images, grid {args.sigmas}"
     table(f"FD-digit vs real MNIST ({note})", args.nfe, fd)
     table(f"confident share ({note})", args.nfe, conf)
+    if not args.goal_nfe or args.goal_nfe not in args.nfe:
+        return []
+    ref = fd_digit(pipe.sample(args.n_images, sampler="ddim", steps=100, seed=0), real)
+    col = args.nfe.index(args.goal_nfe)
+    best, best_fd = min(((name, float(cells[col])) for name, cells in fd.items()), key=lambda kv: kv[1])
+    ok = best_fd <= ref
+    print(f"\nGoal: a sampler at {args.goal_nfe} NFE reaches DDIM-100's FD-digit {ref:.2f}: best {best} "
+          f"{best_fd:.2f}: {'met' if ok else 'NOT met'}")
+    return [] if ok else [f"best at {args.goal_nfe} NFE: {best} FD-digit {best_fd:.2f} > DDIM-100 {ref:.2f}"]
 
 
 def main() -> None:
@@ -246,8 +290,10 @@ def main() -> None:
     parser.add_argument("--nfe", type=int, nargs="+", default=[5, 10, 20, 50, 100])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--time-steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="overhead: repetitions per side")
     parser.add_argument("--run", help="a trained run folder for the digit scores")
+    parser.add_argument("--goal-nfe", type=int, default=10,
+                        help="--run: a sampler at this NFE must reach DDIM-100's FD-digit (0: no check)")
     parser.add_argument("--n-images", type=int, default=1000)
     parser.add_argument("--samplers", nargs="*", choices=tuple(SAMPLERS),
                         help="for --run (default: all but ddpm)")
@@ -255,14 +301,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.n, args.nfe, args.batch, args.time_steps, args.repeats, args.n_images = 300, [5, 10], 2, 4, 1, 64
-    print(f"# samplers on {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}")
+    machine_report(torch.device("cpu"))
     if "accuracy" not in args.skip:
         accuracy(args)
     if "overhead" not in args.skip:
         overhead(args)
-    if args.run:
-        trained(args)
+    missed = trained(args) if args.run else []
+    print(f"\n{load_report('at the end')}")
+    exit_on_missed(missed, "GOAL MISSED: few-step sampling quality", enforce=not args.quick)
 
 
 if __name__ == "__main__":

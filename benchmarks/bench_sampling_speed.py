@@ -17,16 +17,18 @@ betas (``trained_betas``, trailing spacing, the run's prediction type):
 Both sides draw the starting noise, sample ``--batch`` images and return float images in [0, 1]
 as numpy (``output_type="np"``). As a check that both compute the same thing, the relative max
 difference of their final samples (2 images, the smallest NFE, before the clamp) is printed.
-Each cell runs interleaved (difflab, diffusers, diffusers, difflab, ...) ``--repeats`` times
-after a warm-up; images/s is the median; ratio = difflab / diffusers (median of the pairs).
-Exit status 1 with a loud message when difflab is slower than diffusers by more than
-``--tolerance`` (5%) on any row.
+Also difflab's default 0.67M UNet (28x28, random init) alone: the demo's real sampling speed.
 
-Also difflab's default 0.67M UNet (28x28) alone: the demo's real sampling speed; and with
-``--compile`` the speed-up of ``torch.compile`` on each network (difflab ddim).
+Every row of both tables (each sampler in ``--samplers`` at each NFE in ``--nfe`` and each batch
+in ``--batches``) comes from one run: after a warm-up, ``--repeats`` rounds, each over all rows in
+a rotated order, the two sides of a row in alternating order (difflab, diffusers, then diffusers,
+difflab, ...); images/s is the median; ratio = difflab / diffusers (median of the pairs). Exit
+status 1 with a loud message when difflab is slower than diffusers by more than ``--tolerance``
+(5%) on any row (the goal: difflab's samplers cost nothing over diffusers'). With ``--compile``,
+afterwards, the speed-up of ``torch.compile`` on each network (difflab ddim).
 
-    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/bench_sampling_speed.py --quick
-    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/bench_sampling_speed.py --batch 64 --nfe 10 20 50
+    OMP_NUM_THREADS=1 python benchmarks/bench_sampling_speed.py --quick     # ~1 minute
+    OMP_NUM_THREADS=1 python benchmarks/bench_sampling_speed.py --batches 16 64 --nfe 10 --repeats 3
     OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/bench_sampling_speed.py --run runs/seed003 --compile
 """
 
@@ -39,6 +41,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +51,10 @@ from torch import nn
 
 from difflab import NoiseSchedule, sample
 from difflab.nets import build_net, default_net_config, param_count
-from difflab.nets.diffusers_nets import DiffusersUNet, DiffusersUNetConfig
+from difflab.nets.diffusers_nets import DiffusersUNet
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train_speed import machine_line, sync
+from bench_common import exit_on_missed, load_report, machine_line, machine_report, recipe_net_config, sync
 
 SAMPLERS = ("ddim", "dpmpp-2m", "unipc", "euler")
 PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
@@ -169,49 +172,9 @@ def load_network(args: argparse.Namespace, device: torch.device
                              "needs a diffusers-unet run (e.g. difflab train --preset seed003)")
         return pipe.net, pipe.schedule, pipe.config.prediction, f"trained run {args.run}"
     torch.manual_seed(0)
-    net = build_net(DiffusersUNetConfig(sample_size=args.image_size)).to(device).eval()
+    net = build_net(recipe_net_config(args.image_size)).to(device).eval()
     assert isinstance(net, DiffusersUNet)
     return net, NoiseSchedule.from_name("cosine", 1000), "eps", "random init"
-
-
-def section_compare(args: argparse.Namespace, device: torch.device) -> tuple[list[dict[str, Any]], list[str]]:
-    net, schedule, prediction, where = load_network(args, device)
-    unet = net.inner
-    size = net.image_size
-    shape = (net.in_channels, size, size)
-    print(f"\n### difflab vs diffusers: images/s, seed 003's UNet2DModel ({param_count(net):,} params, "
-          f"{where}, {prediction} prediction), batch {args.batch}, {size}x{size}; "
-          f"median of {args.repeats} interleaved repeats\n", flush=True)
-    # warm-up: allocator and oneDNN primitives for this batch shape, on both sides
-    timed(difflab_runner("ddim", net, schedule, prediction, args.batch, shape, device), 2, device)
-    timed(diffusers_runner("ddim", unet, schedule, prediction, args.batch)[1], 2, device)
-    print("| sampler | NFE | difflab images/s | diffusers images/s | ratio | diffusers path | "
-          "check: rel. diff |")
-    print("|---|---|---|---|---|---|---|")
-    out, failures = [], []
-    for name in args.samplers:
-        ours = difflab_runner(name, net, schedule, prediction, args.batch, shape, device)
-        how, theirs = diffusers_runner(name, unet, schedule, prediction, args.batch)
-        check = relative_difference(name, net, schedule, prediction, min(args.nfe))
-        for nfe in args.nfe:
-            times: dict[str, list[float]] = {"difflab": [], "diffusers": []}
-            for rep in range(args.repeats):
-                sides = [("difflab", ours), ("diffusers", theirs)]
-                for side, run in sides if rep % 2 == 0 else sides[::-1]:
-                    times[side].append(timed(run, nfe, device)[0])
-            t_ours, t_theirs = times["difflab"], times["diffusers"]
-            ips_ours = args.batch / statistics.median(t_ours)
-            ips_theirs = args.batch / statistics.median(t_theirs)
-            ratio = statistics.median(b / a for a, b in zip(t_ours, t_theirs, strict=True))
-            print(f"| {name} | {nfe} | {ips_ours:.2f} | {ips_theirs:.2f} | {ratio:.3f} | {how} | "
-                  f"{check:.1e} |", flush=True)
-            out.append({"sampler": name, "nfe": nfe, "difflab_images_per_s": ips_ours,
-                        "diffusers_images_per_s": ips_theirs, "ratio": ratio, "diffusers_path": how,
-                        "check_relative_difference": check, "difflab_s": t_ours, "diffusers_s": t_theirs})
-            if ratio < 1 - args.tolerance:
-                failures.append(f"{name} at NFE {nfe}: difflab {ips_ours:.2f} vs diffusers "
-                                f"{ips_theirs:.2f} images/s ({ratio:.3f}x)")
-    return out, failures
 
 
 def demo_net(device: torch.device) -> nn.Module:
@@ -223,24 +186,102 @@ def demo_net(device: torch.device) -> nn.Module:
     return net
 
 
-def section_demo(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
-    net = demo_net(device)
-    schedule = NoiseSchedule.from_name("cosine", 1000)
-    print(f"\n### difflab's default UNet ({param_count(net):,} params, 28x28, v prediction, random "
-          f"init): images/s, batch {args.batch}, median of {args.repeats}\n", flush=True)
-    timed(difflab_runner("ddim", net, schedule, "v", args.batch, (1, 28, 28), device), 2, device)
-    print("| sampler | " + " | ".join(f"NFE {n}" for n in args.nfe) + " |")
-    print("|---|" + "---|" * len(args.nfe))
-    out = []
-    for name in args.samplers:
-        run = difflab_runner(name, net, schedule, "v", args.batch, (1, 28, 28), device)
-        cells = []
-        for nfe in args.nfe:
-            ips = args.batch / statistics.median(timed(run, nfe, device)[0] for _ in range(args.repeats))
-            cells.append(f"{ips:.1f}")
-            out.append({"sampler": name, "nfe": nfe, "images_per_s": ips})
-        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
-    return out
+@dataclass
+class Cell:
+    """One row: a sampler at one NFE and batch, run by each side (``runners``: name -> run)."""
+
+    table: str  # "compare" (difflab vs diffusers on seed 003's UNet2DModel) or "demo" (difflab's UNet)
+    sampler: str
+    nfe: int
+    batch: int
+    runners: dict[str, Callable[[int, int], np.ndarray]]
+    how: str = ""
+    check: float = float("nan")
+    times: dict[str, list[float]] = field(default_factory=dict)
+
+
+def make_cells(args: argparse.Namespace, device: torch.device) -> tuple[list[Cell], str]:
+    net, schedule, prediction, where = load_network(args, device)
+    size = net.image_size
+    shape = (net.in_channels, size, size)
+    demo = demo_net(device)
+    cosine = NoiseSchedule.from_name("cosine", 1000)
+    cells = []
+    for batch in args.batches:
+        for name in args.samplers:
+            for nfe in args.nfe:
+                if "compare" not in args.skip:
+                    how, theirs = diffusers_runner(name, net.inner, schedule, prediction, batch)
+                    ours = difflab_runner(name, net, schedule, prediction, batch, shape, device)
+                    sides = {"difflab": ours, "diffusers": theirs}
+                    cells.append(Cell("compare", name, nfe, batch, sides, how))
+                if "demo" not in args.skip:
+                    run = difflab_runner(name, demo, cosine, "v", batch, (1, 28, 28), device)
+                    cells.append(Cell("demo", name, nfe, batch, {"difflab": run}))
+    title = (f"seed 003's UNet2DModel ({param_count(net):,} params, {where}, {prediction} prediction, "
+             f"{size}x{size}) and difflab's default UNet ({param_count(demo):,} params, random init, v "
+             f"prediction, 28x28)")
+    for name in args.samplers if "compare" not in args.skip else []:
+        check = relative_difference(name, net, schedule, prediction, min(args.nfe))
+        for cell in cells:
+            if cell.table == "compare" and cell.sampler == name:
+                cell.check = check
+    return cells, title
+
+
+def section_speed(args: argparse.Namespace, device: torch.device
+                  ) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
+    """Every cell of both tables in one run: after a warm-up of each runner, ``--repeats`` rounds,
+    each round over all cells in a rotated order and, within a cell, the sides in alternating
+    order, so every row sees the same machine."""
+    cells, title = make_cells(args, device)
+    print(f"\n### Sampling images/s: {title}; all rows interleaved in one run, median of {args.repeats} "
+          f"rounds\n", flush=True)
+    for cell in cells:  # warm-up: allocator, oneDNN primitives for this batch shape, lazy imports
+        if cell.nfe == min(args.nfe):
+            for run in cell.runners.values():
+                timed(run, 2, device)
+    for rnd in range(args.repeats):
+        k = rnd * max(1, len(cells) // max(1, args.repeats))
+        for i, cell in enumerate(cells[k:] + cells[:k]):
+            sides = list(cell.runners)
+            for side in sides if (rnd + i) % 2 == 0 else sides[::-1]:
+                cell.times.setdefault(side, []).append(timed(cell.runners[side], cell.nfe, device)[0])
+        print(f"  round {rnd + 1} of {args.repeats} done", flush=True)
+    print(f"\n{load_report('after the timed rounds')}\n")
+    out: dict[str, list[dict[str, Any]]] = {"compare": [], "demo": []}
+    failures = []
+    compare = [c for c in cells if c.table == "compare"]
+    if compare:
+        print("| sampler | NFE | batch | difflab images/s | diffusers images/s | ratio | diffusers path | "
+              "check: rel. diff |")
+        print("|---|---|---|---|---|---|---|---|")
+    for cell in compare:
+        t_ours, t_theirs = cell.times["difflab"], cell.times["diffusers"]
+        ips_ours = cell.batch / statistics.median(t_ours)
+        ips_theirs = cell.batch / statistics.median(t_theirs)
+        ratio = statistics.median(b / a for a, b in zip(t_ours, t_theirs, strict=True))
+        print(f"| {cell.sampler} | {cell.nfe} | {cell.batch} | {ips_ours:.2f} | {ips_theirs:.2f} | "
+              f"{ratio:.3f} | {cell.how} | {cell.check:.1e} |")
+        out["compare"].append({"sampler": cell.sampler, "nfe": cell.nfe, "batch": cell.batch,
+                               "difflab_images_per_s": ips_ours, "diffusers_images_per_s": ips_theirs,
+                               "ratio": ratio, "diffusers_path": cell.how,
+                               "check_relative_difference": cell.check, "difflab_s": t_ours,
+                               "diffusers_s": t_theirs})
+        if ratio < 1 - args.tolerance:
+            failures.append(f"{cell.sampler} at NFE {cell.nfe}, batch {cell.batch}: difflab {ips_ours:.2f} "
+                            f"vs diffusers {ips_theirs:.2f} images/s ({ratio:.3f}x)")
+    demo = [c for c in cells if c.table == "demo"]
+    if demo:
+        print("\ndifflab's default UNet, same rounds:\n")
+        print("| sampler | NFE | batch | images/s |")
+        print("|---|---|---|---|")
+    for cell in demo:
+        ips = cell.batch / statistics.median(cell.times["difflab"])
+        print(f"| {cell.sampler} | {cell.nfe} | {cell.batch} | {ips:.1f} |")
+        out["demo"].append({"sampler": cell.sampler, "nfe": cell.nfe, "batch": cell.batch,
+                            "images_per_s": ips, "seconds": cell.times["difflab"]})
+    return out, failures
 
 
 def section_compile(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
@@ -278,7 +319,8 @@ def section_compile(args: argparse.Namespace, device: torch.device) -> list[dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings: checks the script runs")
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batches", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--batch", type=int, default=16, help="--compile's batch")
     parser.add_argument("--image-size", type=int, default=32, help="of the random-init UNet2DModel")
     parser.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50])
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS)
@@ -292,30 +334,23 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.quick:
-        args.batch, args.nfe, args.repeats, args.compile_nfe = 2, [2, 3], 1, 2
+        args.batch, args.batches, args.nfe, args.repeats, args.compile_nfe = 2, [2], [2, 3], 2, 2
     from difflab.device import resolve_device
 
     device = resolve_device(args.device)
-    machine = machine_line(device)
-    print(f"# sampling speed on {machine}")
-    results: dict[str, Any] = {"machine": machine}
+    machine_report(device)
+    results: dict[str, Any] = {"machine": machine_line(device)}
     failures: list[str] = []
-    if "compare" not in args.skip:
-        results["compare"], failures = section_compare(args, device)
-    if "demo" not in args.skip:
-        results["demo"] = section_demo(args, device)
+    if not {"compare", "demo"} <= set(args.skip):
+        speed, failures = section_speed(args, device)
+        results.update(speed)
     if args.compile:
         results["compile"] = section_compile(args, device)
+    print(load_report("at the end"))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
-    if failures:
-        print("\n" + "!" * 100, file=sys.stderr)
-        print(f"REGRESSION: difflab samples more than {args.tolerance:.0%} slower than diffusers:",
-              file=sys.stderr)
-        for f in failures:
-            print(f"  - {f}", file=sys.stderr)
-        print("!" * 100, file=sys.stderr)
-        sys.exit(1)
+    exit_on_missed(failures, f"GOAL MISSED: difflab samples more than {args.tolerance:.0%} slower than "
+                   "diffusers", enforce=not args.quick)
 
 
 if __name__ == "__main__":
