@@ -1,4 +1,5 @@
-"""Training: the loop, EMA, atomic checkpoints and the run config."""
+"""Training: the loop, EMA and resumable checkpoints (files are written through :mod:`difflab.io`;
+the run config and presets live below, in :mod:`difflab.run_config` and :mod:`difflab.presets`)."""
 
 from difflab.presets import PRESETS, preset_config
 from difflab.run_config import TrainConfig

@@ -4,6 +4,10 @@ Every N steps the EMA model draws ``eval_n`` samples (seeds 0..eval_n-1, ``eval_
 the run's sampler) and is scored against a fixed real subset: FD-digit plus the confident-digit
 share on digit data (``eval_metric="auto"`` with 1-channel mnist/digits), FD-EffNetLite0
 otherwise. The real features are computed once per run (and cached on disk).
+
+Training sits one layer above :mod:`difflab.eval` and uses its metrics as a library (the digit
+sources and Frechet distance of ``eval.evaluate``, extractors, cached statistics); eval never
+imports training, which ``tests/test_layers.py`` checks.
 """
 
 from __future__ import annotations
