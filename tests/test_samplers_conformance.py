@@ -71,9 +71,10 @@ def reference_to_sigma_min(x_T):
 #   unipc (order 3)         karras    4.35    4.14    no UniC corrector: 6.29, 1.22
 #                           log-snr   6.77    4.02
 #   dpmpp-3m-sde (eta 0)    log-snr   3.47    2.53    no D2 term: 2.83, 2.31; as 2M: 1.85, 2.10
-# UniC raises UniP-p by one order (Zhao et al. 2023, Theorem 3.3). The 3M's first two steps are
-# of order 1 and 2, so its global order tends to 2 (2.20 at 40 -> 80); 20 -> 40 is
-# pre-asymptotic, and so is everything on the Karras grid for it (not checked there).
+# UniC raises UniP-p by one order (Zhao et al. 2023, Theorem 3.3). The 3M (k-diffusion's weights)
+# tends to order 2 (2.20 at 40 -> 80, 2.03 at 160 -> 320): its D2 term has half its exact weight
+# (test_samplers_parity.py); with the exact weight it measures 4.1 and 3.1 at 20 -> 40 (log-snr,
+# Karras). On the Karras grid it is pre-asymptotic up to 40 steps (not checked there).
 DETERMINISTIC = [
     # sampler, options, grid, minimum orders (10 -> 20, 20 -> 40)
     ("euler", {}, "karras", (0.85, 0.9)),

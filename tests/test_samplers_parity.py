@@ -28,8 +28,10 @@ Where difflab deliberately differs, the test says why:
   k-diffusion's loop); diffusers' Euler cannot (its model ran before ``step``), Heun has none.
 - dpmpp-3m-sde at eta = 0 matches diffusers' DPM-Solver++ order 3 with solver_type="heun" (the
   order-2 warm-up step of k-diffusion's 3M uses the phi_2 weight, diffusers defaults to midpoint).
-  diffusers' sde-dpmsolver++ order 3 has -0.5 in its D2 weight where the exact integral gives
-  +0.5 (its ODE branch is right); difflab follows k-diffusion, checked by quadrature below.
+  diffusers' sde-dpmsolver++ order 3 has -0.5 in its D2 weight where k-diffusion has +0.5 (its
+  ODE branch agrees); difflab follows k-diffusion, checked against a transcription of its loop
+  with the same noise. k-diffusion's D2 weight is itself half the exact one (a test below shows it
+  on a denoiser quadratic in lambda), which makes the 3M second order.
 """
 
 import inspect
@@ -39,7 +41,7 @@ import pytest
 import torch
 
 from difflab import NoiseSchedule
-from difflab.diffusion import Denoiser
+from difflab.diffusion import Denoiser, discrete_sigmas, t_to_sigma
 from difflab.noise import NoiseSource
 from difflab.samplers import (
     SAMPLERS,
@@ -329,10 +331,70 @@ def test_dpmpp_3m_at_eta_0_matches_diffusers_order_3(diffusers, schedule, pred):
     assert_trajectories_close(got, run_vp_reference(ref, x))
 
 
+def kdiffusion_dpmpp_3m_sde(denoise, x, sigmas, draws, eta, s_noise):
+    """k-diffusion's ``sample_dpmpp_3m_sde`` (k_diffusion/sampling.py) transcribed, its noise
+    sampler replaced by ``draws``; returns x_sigma after every step."""
+    draws = iter(draws)
+    denoised_1 = denoised_2 = h_1 = h_2 = None
+    out = []
+    for i in range(len(sigmas) - 1):
+        denoised = denoise(x, float(sigmas[i]))
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            t, s = -sigmas[i].log(), -sigmas[i + 1].log()
+            h = s - t
+            h_eta = h * (eta + 1)
+            x = torch.exp(-h_eta) * x + (-h_eta).expm1().neg() * denoised
+            if h_2 is not None:
+                r0 = h_1 / h
+                r1 = h_2 / h
+                d1_0 = (denoised - denoised_1) / r0
+                d1_1 = (denoised_1 - denoised_2) / r1
+                d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                phi_2 = h_eta.neg().expm1() / h_eta + 1
+                phi_3 = phi_2 / h_eta - 0.5
+                x = x + phi_2 * d1 - phi_3 * d2
+            elif h_1 is not None:
+                r = h_1 / h
+                d = (denoised - denoised_1) / r
+                phi_2 = h_eta.neg().expm1() / h_eta + 1
+                x = x + phi_2 * d
+            if eta:
+                x = x + next(draws) * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt() * s_noise
+        denoised_1, denoised_2 = denoised, denoised_1
+        h_1, h_2 = h, h_1
+        out.append(x)
+    return out
+
+
+@pytest.mark.parametrize("pred", ["eps", "v"])
+@pytest.mark.parametrize(("eta", "s_noise"), [(1.0, 1.0), (0.5, 1.0), (1.0, 0.7), (0.0, 1.0)])
+@pytest.mark.parametrize(("grid_kind", "steps"), [("karras", 12), ("timesteps", 20)])
+def test_dpmpp_3m_sde_follows_k_diffusion_with_the_same_noise(pred, eta, s_noise, grid_kind, steps):
+    """The whole trajectory, with the noise difflab drew replayed into k-diffusion's loop."""
+    sched = NoiseSchedule.linear(1000)
+    grid = sigma_grid(sched, steps, grid_kind, "trailing")
+    x = start_noise(10)
+    noise = RecordingNoise(torch.Generator().manual_seed(11))
+    got = run_ours(sample_dpmpp_3m_sde, sched, pred, x, grid, noise=noise, eta=eta, s_noise=s_noise)
+    assert len(noise.draws) == (steps - 1 if eta > 0 else 0)
+    ref = kdiffusion_dpmpp_3m_sde(
+        Denoiser(toy_model, sched, pred).at_sigma, ve_start(x, grid), grid, noise.draws, eta, s_noise
+    )
+    expected = [xs / math.sqrt(1 + float(s) ** 2) for xs, s in zip(ref, grid[1:], strict=True)]
+    assert len(got) == len(expected) == steps
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 def test_dpmpp_3m_sde_differs_from_diffusers_only_in_its_d2_weight():
-    """The quadratic weight int_0^h w(u) u^2/2 du / h^2 with w(u) = 2 e^{-2(h-u)} (the reverse-SDE
-    kernel, eta = 1) is 1/2 - (e^{-H} - 1 + H)/H^2 with H = 2h: difflab's (k-diffusion's) value.
-    diffusers' sde-dpmsolver++ order 3 uses (1 - e^{-H} - H)/H^2 - 1/2, exactly 1 less."""
+    """The closed forms of the D2 weights against quadrature. k-diffusion's (difflab's) weight is
+    int_0^h w(u) u^2/2 du / h^2 with w(u) = 2 e^{-2(h-u)} (the reverse-SDE kernel, eta = 1), i.e.
+    1/2 - (e^{-H} - 1 + H)/H^2 with H = 2h: half the exact weight of D2 = h^2 D''/2 (see
+    test_dpmpp_3m_sde_gives_the_quadratic_term_half_its_exact_weight). diffusers' sde-dpmsolver++
+    order 3 uses (1 - e^{-H} - H)/H^2 - 1/2, exactly 1 less; its ODE branch equals k-diffusion's."""
     from scipy.integrate import quad
 
     for h in [0.05, 0.3, 1.0, 2.5]:
@@ -345,6 +407,50 @@ def test_dpmpp_3m_sde_differs_from_diffusers_only_in_its_d2_weight():
         # and the ODE weight (eta = 0) both use: 1/2 - (e^{-h} - 1 + h)/h^2
         ode = quad(lambda u, h=h: math.exp(-(h - u)) * u**2 / 2, 0, h)[0] / h**2
         assert 0.5 - (math.expm1(-h) + h) / h**2 == pytest.approx(ode, rel=1e-9)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_dpmpp_3m_sde_gives_the_quadratic_term_half_its_exact_weight(eta):
+    """With D(lambda) = c0 + c1 lambda + c2 lambda^2 (independent of x) the 3M's extrapolation
+    through the last three D is exact: D(lambda_i + u) = D_i + (u/h) D1 + (u/h)^2 D2 with
+    D2 = c2 h^2. The exact step of the SDE with this D is
+    x_{i+1} = e^{-(1+eta)h} x_i + int_0^h w(u) D(lambda_i + u) du + sigma_{i+1} sqrt(1 - e^{-2 eta h}) z,
+    w(u) = (1 + eta) e^{-(1+eta)(h-u)}, integrated here by quadrature. k-diffusion's update (and
+    DPM-Solver's and diffusers' order 3 at eta = 0) weights D2 by phi_3 = W2 / 2, half its exact
+    weight W2 = int_0^h w(u) (u/h)^2 du, and difflab follows it: so each step from the third on
+    must be the exact step minus W2 D2 / 2. (This is why the 3M converges with order 2, not 3, in
+    test_samplers_conformance.py: with the weight W2 it measures 3 to 4.)"""
+    from scipy.integrate import quad
+
+    sched = NoiseSchedule.linear(1000)
+    log_sigmas = discrete_sigmas(sched).log()
+    c0, c1, c2 = 0.2, -0.3, 0.15
+
+    def model(x, t, **_):  # an x0-predicting model that knows only the noise level
+        lam = -t_to_sigma(log_sigmas, t.cpu()).log().to(x.dtype).reshape(-1, 1, 1, 1)
+        return (c0 + c1 * lam + c2 * lam**2).expand_as(x)
+
+    grid = sigma_grid(sched, 12, "karras", "trailing")
+    noise = RecordingNoise(torch.Generator().manual_seed(12))
+    xs = []  # x_sigma after each step
+    sample_dpmpp_3m_sde(
+        Denoiser(model, sched, "x0"), start_noise(12), grid, noise=noise, eta=eta,
+        callback=lambda i, t, x_, x0: xs.append(x_ * math.sqrt(1 + float(grid[i + 1]) ** 2)),
+    )
+    assert len(xs) == 12
+    for i in range(2, 11):  # from the third step to the last one with sigma_{i+1} > 0
+        s, s_next = float(grid[i]), float(grid[i + 1])
+        h, lam, k = math.log(s / s_next), -math.log(s), 1 + eta
+
+        def w(u, h=h, k=k):
+            return k * math.exp(-k * (h - u))
+
+        drift = quad(lambda u, lam=lam, w=w: w(u) * (c0 + c1 * (lam + u) + c2 * (lam + u) ** 2), 0, h)[0]
+        w2 = quad(lambda u, h=h, w=w: w(u) * (u / h) ** 2, 0, h)[0]
+        z = noise.draws[i] if eta > 0 else 0.0
+        exact = math.exp(-k * h) * xs[i - 1] + drift + s_next * math.sqrt(-math.expm1(-2 * eta * h)) * z
+        torch.testing.assert_close(xs[i], exact - w2 / 2 * c2 * h**2, rtol=1e-9, atol=1e-9)
+        assert w2 / 2 * c2 * h**2 > 1e-4  # the two weights are told apart
 
 
 # ---- UniPC ---------------------------------------------------------------------------------
