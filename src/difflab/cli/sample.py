@@ -8,20 +8,26 @@ from typing import Any
 
 from difflab.cli.args import non_negative_float, positive_int, with_default
 
-RUN_DEFAULT = "default: the run's own; for the default recipe"
+
+
+def _run_default(what: str, field: str) -> str:
+    """Sampling defaults come from the run's config; the help states the default recipe's."""
+    from difflab.run_config import TrainConfig
+
+    return with_default("", TrainConfig.default(field)).strip()[:-1] + " for the default recipe; " \
+        "otherwise the run's own)"
 
 
 def add_sample_args(p: argparse.ArgumentParser) -> None:
     """The sampling options of the notes and of the sampler family, all reachable here."""
-    from difflab.run_config import TrainConfig
     from difflab.samplers import GRIDS, SAMPLERS
     from difflab.schedules import SPACINGS
 
     p.add_argument("--sampler", choices=(*SAMPLERS, "mix"),
-                   help=f"{RUN_DEFAULT} {TrainConfig.default('sample_sampler')}; a preset run uses its "
-                   "note's (ddpm for seed000/003/004, mix for the corrupt models)")
+                   help=_run_default("sampler", "sample_sampler") + "; a preset run samples with its note's: "
+                   "ddpm for seed000/003/004, mix for the corrupt models")
     p.add_argument("--steps", type=positive_int,
-                   help=f"sampling steps ({RUN_DEFAULT} {TrainConfig.default('sample_steps')}; T for ddpm)")
+                   help="sampling steps " + _run_default("steps", "sample_steps") + "; T for ddpm")
     p.add_argument("--spacing", choices=SPACINGS, default="trailing",
                    help="which of the T timesteps the steps visit; seed002 is note 002's DDIM grid "
                    "(default: trailing)")
@@ -36,11 +42,10 @@ def add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--simple-var", action="store_true",
                    help="note 002's DDIM option: eta = 1 with the beta variance for the noise (default: off)")
     p.add_argument("--variance", choices=("beta", "beta_tilde"),
-                   help=f"DDPM's sigma_t^2 (note 000's two choices; {RUN_DEFAULT} "
-                   f"{TrainConfig.default('sample_variance')})")
+                   help="DDPM's sigma_t^2, note 000's two choices " + _run_default("variance", "sample_variance"))
     p.add_argument("--clip", action=argparse.BooleanOptionalAction,
-                   help="clip the predicted x_0 to [-1, 1] as note 002 does (--no-clip: as notes 000 and "
-                   f"004 do; {RUN_DEFAULT} clipped)")
+                   help="clip the predicted x_0 to [-1, 1] as note 002 does; --no-clip as notes 000 and 004 "
+                   "do " + _run_default("clip", "sample_clip"))
     p.add_argument("--churn", type=non_negative_float,
                    help="EDM's S_churn for euler and heun (default: 0)")
     p.add_argument("--weights", choices=("last", "best"),
