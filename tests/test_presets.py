@@ -54,7 +54,8 @@ def test_presets_are_the_notes_programs(name):
     note, cfg = NOTES[name], resolved(name)
     assert (cfg.data.source, cfg.data.image_size) == note["data"]
     assert (cfg.net_kind, cfg.optimizer, cfg.lr, cfg.batch_size, cfg.epochs, cfg.loss, cfg.prediction) == (
-        note["net"], note["optimizer"], note["lr"], note["batch"], note["epochs"], note["loss"], note["prediction"])
+        note["net"], note["optimizer"], note["lr"], note["batch"], note["epochs"], note["loss"],
+        note["prediction"])
     assert (cfg.ema_decay, cfg.lr_schedule, cfg.grad_clip, cfg.weighting) == (0.0, "constant", 0.0, "none")
     sampler, steps, variance, clip = note["sampler"]
     assert (cfg.sample_sampler, cfg.sample_steps) == (sampler, steps)
@@ -217,7 +218,7 @@ def test_every_help_default_is_the_code_default():
                     command, action.dest) in [("eval", "metrics"), ("eval", "sampler"), ("eval", "steps")], (
                     command, action.dest, text)
                 continue
-            assert text == str(expected), f"difflab {command} --{action.dest}: help says {text}, code {expected}"
+            assert text == str(expected), f"{command} --{action.dest}: help says {text}, code {expected}"
             checked += 1
     assert checked >= 25
 

@@ -194,11 +194,14 @@ def write_samples(
     progression: str | Path | None = None,
     save_dir: str | Path | None = None,
     batch_size: int = 256,
+    gif_normalize: str = "clip",
     **sample_kwargs: Any,
 ) -> list[Path]:
     """Sample ``n`` images and write what is asked: a grid (``out``), a denoising GIF, a
     progression strip (x_t at every step, note 004's ``sample_plot_image``) and one PNG per image
-    (``save_dir``). ``sample_kwargs`` go to :meth:`Pipeline.sample`. Returns the paths written."""
+    (``save_dir``). ``gif_normalize="minmax"`` stretches every GIF frame to its own range as note
+    000 does; ``"clip"`` maps [-1, 1] alike in every frame. ``sample_kwargs`` go to
+    :meth:`Pipeline.sample`. Returns the paths written."""
     from difflab.viz import save_gif, save_grid, save_progression
 
     frames: list[Tensor] = []
@@ -215,7 +218,8 @@ def write_samples(
     if out is not None:
         written.append(save_grid(images, out))
     if gif is not None:
-        written.append(save_gif([*frames[:: max(1, len(frames) // 60)], images], gif))
+        keep = [*frames[:: max(1, len(frames) // 60)], images]
+        written.append(save_gif(keep, gif, normalize=gif_normalize))  # type: ignore[arg-type]
     if progression is not None:
         written.append(save_progression(snapshots, progression))
     if save_dir is not None:

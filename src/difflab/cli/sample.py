@@ -9,7 +9,6 @@ from typing import Any
 from difflab.cli.args import non_negative_float, positive_int, with_default
 
 
-
 def _run_default(what: str, field: str) -> str:
     """Sampling defaults come from the run's config; the help states the default recipe's."""
     from difflab.run_config import TrainConfig
@@ -42,7 +41,8 @@ def add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--simple-var", action="store_true",
                    help="note 002's DDIM option: eta = 1 with the beta variance for the noise (default: off)")
     p.add_argument("--variance", choices=("beta", "beta_tilde"),
-                   help="DDPM's sigma_t^2, note 000's two choices " + _run_default("variance", "sample_variance"))
+                   help="DDPM's sigma_t^2, note 000's two choices "
+                   + _run_default("variance", "sample_variance"))
     p.add_argument("--clip", action=argparse.BooleanOptionalAction,
                    help="clip the predicted x_0 to [-1, 1] as note 002 does; --no-clip as notes 000 and 004 "
                    "do " + _run_default("clip", "sample_clip"))
@@ -84,7 +84,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
     kwargs = sample_kwargs(args)  # flags are checked before the run is loaded
     pipe = load(args.run, args.device, args.weights)
     written = write_samples(pipe, args.n, out=args.out, gif=args.gif, progression=args.progression,
-                            save_dir=args.save_dir, batch_size=args.batch_size, **kwargs)
+                            save_dir=args.save_dir, batch_size=args.batch_size,
+                            gif_normalize=args.gif_normalize, **kwargs)
     for p in written:
         print(f"wrote {p}")
 
@@ -96,6 +97,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("samples.png"),
                    help=with_default("grid image", "samples.png"))
     p.add_argument("--gif", type=Path, help="also write a denoising GIF")
+    p.add_argument("--gif-normalize", choices=("clip", "minmax"), default="clip",
+                   help="GIF frames: [-1, 1] mapped alike in every frame, or each image stretched to its own "
+                   "range as note 000 does (default: clip)")
     p.add_argument("--progression", type=Path, help="also write a progression strip")
     p.add_argument("--save-dir", type=Path, help="also write each image as a PNG here")
     p.set_defaults(func=cmd_sample)
