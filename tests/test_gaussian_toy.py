@@ -44,21 +44,23 @@ def test_exact_denoiser_is_the_posterior_mean_of_noise():
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 def test_denoiser_converts_every_prediction_type(prediction):
+    """A model returning the toy's exact E[eps | x_t], E[x_0 | x_t] or v = a eps - b x_0 must give
+    both posterior means in closed form: E[x_0 | x_t] = mu + a s^2 (x_t - a mu) / (a^2 s^2 + b^2)."""
     sched = NoiseSchedule.cosine(1000)
-    eps_model = exact_eps_model(sched)
     x = noise(4, 16)
-    t = torch.full((16,), 400)
-    ab = sched.alphas_cumprod[400].to(x.dtype)
-    ref = Denoiser(eps_model, sched, "eps")(x, t)
+    t = torch.randint(0, 1000, (16,), generator=torch.Generator().manual_seed(5))
 
-    def other(x_, t_):
-        e = eps_model(x_, t_)
-        x0 = (x_ - (1 - ab).sqrt() * e) / ab.sqrt()
-        return {"eps": e, "x0": x0, "v": ab.sqrt() * e - (1 - ab).sqrt() * x0}[prediction]
+    def closed_forms(x_, t_):
+        ab = sched.alphas_cumprod[t_].to(x_.dtype).view(-1, 1, 1, 1)
+        a, b = ab.sqrt(), (1 - ab).sqrt()
+        var = a**2 * S**2 + b**2
+        eps, x0 = b * (x_ - a * MU) / var, MU + a * S**2 * (x_ - a * MU) / var
+        return {"eps": eps, "x0": x0, "v": a * eps - b * x0}
 
-    got = Denoiser(other, sched, prediction)(x, t)
-    torch.testing.assert_close(got.x0, ref.x0)
-    torch.testing.assert_close(got.eps, ref.eps)
+    got = Denoiser(lambda x_, t_: closed_forms(x_, t_)[prediction], sched, prediction)(x, t)
+    expected = closed_forms(x, t)
+    torch.testing.assert_close(got.x0, expected["x0"], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(got.eps, expected["eps"], rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize(

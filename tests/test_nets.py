@@ -115,16 +115,47 @@ SHAPE_CASES = [
 ]
 
 
+ZERO_OUTPUT = {"unet"}  # zero-initialised output conv: a fresh net returns exactly 0
+TIME_BLIND = {"basic-unet"}  # seed 003's BasicUNet takes no timestep
+
+
+def default_conditioning(kind: str) -> dict[str, int]:
+    """Every conditioning input a kind's default config can take (class labels, context)."""
+    return {"unet": {"num_classes": 3, "context_dim": 8},
+            "diffusers-cond-unet": {"context_dim": 8}}.get(kind, {})
+
+
+def changed(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (a - b).abs().max().item() > 1e-6 * (1 + a.abs().max().item())
+
+
 @pytest.mark.parametrize(("kind", "size"), SHAPE_CASES)
-def test_default_nets_keep_the_input_shape(kind, size):
-    ctx = 8 if kind == "diffusers-cond-unet" else 0
-    cfg = default_net_config(kind, in_channels=1, image_size=size, context_dim=ctx)
-    net = build_net(cfg)
+def test_default_nets_keep_the_input_shape_and_see_x_t_and_conditioning(kind, size):
+    cond_dims = default_conditioning(kind)
+    cfg = default_net_config(kind, in_channels=1, image_size=size, **cond_dims)
+    torch.manual_seed(0)
+    net = build_net(cfg).eval()
     assert net.config == cfg and net.in_channels == 1
-    x = torch.randn(1, 1, size, size)
+    g = torch.Generator().manual_seed(1)
+    x, t = torch.randn(2, 1, size, size, generator=g), torch.tensor([999, 10])
+    cond = {}
+    if cond_dims.get("num_classes"):
+        cond["class_labels"] = torch.tensor([0, 2])
+    if cond_dims.get("context_dim"):
+        cond["context"] = torch.randn(2, 3, cond_dims["context_dim"], generator=g)
     with torch.no_grad():
-        out = net(x, torch.tensor([999]))
-    assert out.shape == x.shape and torch.isfinite(out).all()
+        if kind in ZERO_OUTPUT:
+            assert not net(x, t, **cond).any()
+            wake_zero_params(net)
+        out = net(x, t, **cond)
+        assert out.shape == x.shape and torch.isfinite(out).all() and out.abs().max() > 0
+        bumped = x.clone()
+        bumped[:, :, size // 2, size // 2] += 1.0
+        assert changed(out, net(bumped, t, **cond))
+        assert changed(out, net(x, torch.tensor([500, 500]), **cond)) != (kind in TIME_BLIND)
+        for key, value in cond.items():
+            other = value.flip(0) if key == "class_labels" else torch.randn(value.shape, generator=g)
+            assert changed(out, net(x, t, **{**cond, key: other})), key
 
 
 @pytest.mark.parametrize("hw", [(27, 27), (30, 30), (28, 28), (20, 36), (5, 9)])
