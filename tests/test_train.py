@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from difflab.data import DataConfig
 from difflab.io import CheckpointError, atomic_write
 from difflab.nets import UNetConfig
-from difflab.train import TrainConfig, TrainingError, preset_config, train
+from difflab.train import TrainConfig, TrainingError, train
 from difflab.train.checkpoint import list_checkpoints
 from difflab.train.loop import steps_for_epochs
 
@@ -152,19 +152,6 @@ def test_run_folder_is_self_describing(tmp_path):
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     assert (run / "model.safetensors").is_file() and (run / "log.jsonl").read_text().count("\n") == 2
     assert (run / "loss.png").is_file() and (run / "samples" / "step_0000004.png").is_file()
-
-
-def test_presets_are_the_notes_recipes():
-    p0 = preset_config("seed000")
-    assert (p0.net_kind, p0.T, p0.schedule, p0.lr, p0.optimizer) == ("myunet", 200, "linear", 1e-3, "adam")
-    p3 = preset_config("seed003")
-    assert (p3.net_kind, p3.schedule, p3.lr, p3.optimizer) == ("diffusers-unet", "cosine", 4e-4, "adamw")
-    p4 = preset_config("seed004")
-    assert (p4.net_kind, p4.T, p4.loss) == ("simple-unet", 300, "l1")
-    for p in (p0, p3, p4):  # the notes all train the eps target with an unweighted loss
-        assert (p.prediction, p.weighting, p.ema_decay) == ("eps", "none", 0.0)
-    with pytest.raises(ValueError, match="seed000"):
-        preset_config("seed001")
 
 
 # The default network kind, small: attention at 4x4 and in the middle, dropout, 10 classes + null.
