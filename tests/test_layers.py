@@ -41,6 +41,8 @@ LAYERS: dict[str, int] = {
     "viz": 4,
     "nets": 4,  # basic_unet's corrupt objective uses losses
     "sampling": 4,
+    "guidance": 4,  # classifier-free guidance around a denoiser
+    "conditioning": 4,  # what a sample is conditioned on (class labels, ...)
     # what decides a run
     "run_config": 5,
     "presets": 6,
