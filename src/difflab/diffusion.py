@@ -165,8 +165,9 @@ class Denoiser:
     :meth:`at_sigma` is the same denoiser in sigma space, for the sigma samplers. It passes float
     timesteps to the network (float64 for float64 x, else float32); ``discrete=True`` rounds them
     to the nearest integer and passes int64, for networks that look t up in a table (seed 000's
-    MyUNet). ``nfe`` counts calls of ``model`` (a guidance wrapper that runs the net twice counts
-    once).
+    MyUNet). ``nfe`` counts network evaluations per sample: one per call of ``model``, or what a
+    wrapper says it costs (``model.nfe_per_call``: 2 for classifier-free guidance running both
+    branches, batched or not).
     """
 
     def __init__(
@@ -182,8 +183,9 @@ class Denoiser:
         self._log_sigma_list: list[float] = []
 
     def _run(self, x_t: Tensor, t: Tensor, cond: Mapping[str, Any] | None) -> Tensor:
-        self.nfe += 1
         out = self.model(x_t, t, **(cond or {}))
+        # a guided model runs the network once or twice per call and says so
+        self.nfe += int(getattr(self.model, "nfe_per_call", 1))
         if out.shape != x_t.shape:
             raise ValueError(
                 f"the model returned shape {tuple(out.shape)} for input {tuple(x_t.shape)}; "

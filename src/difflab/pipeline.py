@@ -10,8 +10,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from difflab.conditioning import ClassCondition
 from difflab.config import check_choice
 from difflab.device import resolve_device
+from difflab.guidance import CFGModel, Guidance
 from difflab.io import CheckpointError, load_weights
 from difflab.noise import generators_from_seeds
 from difflab.run_config import TrainConfig
@@ -90,15 +92,19 @@ class Pipeline:
         sigmas: str | None = None,
         discrete: bool | None = None,
         class_labels: Sequence[int] | Tensor | None = None,
+        guidance: float | Guidance | None = None,
         callback: StepCallback | None = None,
         **options: Any,
     ) -> Tensor:
         """``n`` images in [-1, 1] on the CPU. Image i comes from seed ``seed + i`` whatever
         ``batch_size`` is, so the same seed gives the same bytes. ``class_labels`` (one per image)
-        conditions a class-conditional model. ``sampler``, ``sigmas`` and ``options`` (s_churn,
-        rho, simple_var, order, ...) are those of :func:`difflab.sample`. The run's config gives
-        the defaults (a preset run samples as its note does): ``sampler``, ``steps`` (its
-        ``sample_steps``, or T for ddpm when another sampler is the run's), ``variance`` and
+        conditions a class-conditional model, guided by ``guidance`` (a scale w, or a
+        :class:`~difflab.guidance.Guidance` with rescale and interval; default: the run's
+        ``sample_guidance``; 0 = unconditional, 1 = conditional without guidance); without labels a
+        class-conditional model samples unconditionally (its null class). ``sampler``, ``sigmas``
+        and ``options`` (s_churn, rho, simple_var, order, ...) are those of :func:`difflab.sample`.
+        The run's config gives the defaults (a preset run samples as its note does): ``sampler``,
+        ``steps`` (its ``sample_steps``, or T for ddpm when another sampler is the run's), ``variance`` and
         ``clip_x0``. ``discrete`` defaults to True for MyUNet, whose time embedding is a table of
         integer timesteps."""
         if n < 1:
@@ -120,17 +126,16 @@ class Pipeline:
             from difflab.nets import MyUNet
 
             discrete = isinstance(self.net, MyUNet)
-        labels = None if class_labels is None else torch.as_tensor(class_labels, dtype=torch.long)
-        if labels is not None and labels.shape != (n,):
-            raise ValueError(f"give one class label per image: {n} images, {tuple(labels.shape)} labels")
+        labels = self._labels(n, class_labels)
+        guide = self._guidance(guidance)
         out = []
         for start in range(0, n, batch_size):
             idx = range(start, min(n, start + batch_size))
             gens = generators_from_seeds([seed + i for i in idx])
             x_T = torch.stack([torch.randn(self.image_shape, generator=g) for g in gens]).to(self.device)
-            cond = None if labels is None else {"class_labels": labels[idx.start : idx.stop].to(self.device)}
+            model, cond = self._conditioned(None if labels is None else labels[idx.start : idx.stop], guide)
             x = sample(
-                self.net,
+                model,
                 x_T,
                 schedule=self.schedule,
                 sampler=sampler,
@@ -149,6 +154,41 @@ class Pipeline:
             )
             out.append(x.float().clamp(-1, 1).cpu())
         return torch.cat(out)
+
+    @property
+    def num_classes(self) -> int:
+        return int(getattr(self.net, "num_classes", 0))
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.config.class_names) or tuple(str(i) for i in range(self.num_classes))
+
+    def _labels(self, n: int, class_labels: Sequence[int] | Tensor | None) -> Tensor | None:
+        if class_labels is None:
+            return None
+        if not self.num_classes:
+            raise ValueError("this run was not trained with class labels (train it with --cond class); "
+                             "sample it without --class")
+        labels = torch.as_tensor(class_labels, dtype=torch.long)
+        if labels.shape != (n,):
+            raise ValueError(f"give one class label per image: {n} images, {tuple(labels.shape)} labels")
+        ClassCondition(self.num_classes).cond(labels)  # range check
+        return labels
+
+    def _guidance(self, guidance: float | Guidance | None) -> Guidance:
+        if isinstance(guidance, Guidance):
+            return guidance
+        return Guidance(self.config.sample_guidance if guidance is None else float(guidance))
+
+    def _conditioned(self, labels: Tensor | None, guide: Guidance) -> tuple[Any, dict[str, Any] | None]:
+        """The model to sample (the network, or the network under classifier-free guidance) and the
+        conditioning of one batch."""
+        if labels is None:
+            return self.net, None
+        classes = ClassCondition(self.num_classes)
+        cond = classes.cond(labels, self.device)
+        uncond = classes.null(len(labels), self.device)
+        return CFGModel(self.net, guide, uncond, self.schedule), cond
 
     def _sample_mixing(self, n: int, sampler: str | None, steps: int | None, seed: int, batch_size: int,
                        callback: StepCallback | None) -> Tensor:

@@ -31,6 +31,7 @@ RESUMABLE_CHANGES = (
     "sample_variance",
     "sample_clip",
     "sample_mix_offset",
+    "sample_guidance",
 )
 
 
@@ -90,6 +91,8 @@ class TrainConfig(Config):
     sample_variance: Literal["beta", "beta_tilde"] = "beta"
     sample_clip: bool = True
     sample_mix_offset: int = 0
+    sample_guidance: float = 3.0
+    class_names: tuple[str, ...] = ()
     keep_best: bool = False
     log_every: int = 10
     eval_every: int = 0
