@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from difflab.eval.features import check_images
+from difflab.eval.images import check_images
 from difflab.io import file_digest
 
 __all__ = [

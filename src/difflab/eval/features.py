@@ -11,17 +11,21 @@ An extractor turns images in [-1, 1] ([N, C, H, W], C in {1, 3}, any size) into 
 
 Only the last one gives FID. ``cache_key()`` changes whenever the weights or the preprocessing do,
 so cached real-data statistics (:mod:`difflab.eval.stats`) are recomputed when they must be.
+
+This registry imports the extractor modules only inside :func:`get_extractor`; they import their
+helpers from below it (:mod:`difflab.eval.images`, :mod:`difflab.io`), never from here.
 """
 
 from __future__ import annotations
 
-import hashlib
-from functools import cache
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
+
+from difflab.eval.images import check_images
+from difflab.io import file_digest
 
 FEATURES: tuple[str, ...] = ("effnet-lite0", "digit", "inception")
 
@@ -35,23 +39,6 @@ class FeatureExtractor(Protocol):
     def cache_key(self) -> str: ...
 
     def features(self, images: Tensor, batch_size: int = 64) -> Tensor: ...
-
-
-@cache
-def file_digest(path: str, length: int = 12) -> str:
-    """The first ``length`` hex digits of the sha256 of a file (computed once per process)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:length]
-
-
-def check_images(images: Tensor) -> Tensor:
-    """Validate extractor input: float [N, C, H, W] with C in {1, 3}."""
-    if images.ndim != 4 or images.shape[1] not in (1, 3) or images.shape[0] == 0:
-        raise ValueError(f"expected images [N>0, 1 or 3, H, W] in [-1, 1], got {tuple(images.shape)}")
-    return images.float()
 
 
 _LUMA = (0.299, 0.587, 0.114)
