@@ -189,7 +189,7 @@ def test_class_conditional_runs_report_accuracy_against_the_requested_class(tmp_
 
     out = tmp_path / "cond"
     cfg = TrainConfig(data=DataConfig(source="mnist", limit=40), T=20, batch_size=8, steps=2,
-                      class_cond=True, checkpoint_every=2, sample_every=100, sample_n=2, sample_steps=5)
+                      cond="class", checkpoint_every=2, sample_every=100, sample_n=2, sample_steps=5)
     train(cfg, out, progress=False, log=lambda s: None)
 
     def fake_probs(self, images, batch_size=512):  # classes 0..9 requested in turn; say 0 for all

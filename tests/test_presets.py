@@ -179,7 +179,7 @@ def test_diffusers_cond_unet_is_refused_until_text_conditioning_exists(tmp_path)
 _DEFAULT = re.compile(r"\(default: ([^;,)]+)")
 # flags whose default is decided by the run's config (checked against TrainConfig)
 _RUN_FIELDS = {"sampler": "sample_sampler", "steps": "sample_steps", "variance": "sample_variance",
-               "clip": "sample_clip"}
+               "clip": "sample_clip", "guidance": "sample_guidance"}
 
 
 def _subparsers():

@@ -164,7 +164,7 @@ UNET_RUN = dict(
     data=DataConfig(source="digits", limit=24, flip=True),
     net_kind="unet",
     net=TINY_UNET,
-    class_cond=True,
+    cond="class",
     cond_drop=0.5,
     T=50,
     batch_size=8,

@@ -93,20 +93,23 @@ class Pipeline:
         discrete: bool | None = None,
         class_labels: Sequence[int] | Tensor | None = None,
         guidance: float | Guidance | None = None,
+        seeds: Sequence[int] | None = None,
         callback: StepCallback | None = None,
         **options: Any,
     ) -> Tensor:
-        """``n`` images in [-1, 1] on the CPU. Image i comes from seed ``seed + i`` whatever
-        ``batch_size`` is, so the same seed gives the same bytes. ``class_labels`` (one per image)
-        conditions a class-conditional model, guided by ``guidance`` (a scale w, or a
-        :class:`~difflab.guidance.Guidance` with rescale and interval; default: the run's
-        ``sample_guidance``; 0 = unconditional, 1 = conditional without guidance); without labels a
-        class-conditional model samples unconditionally (its null class). ``sampler``, ``sigmas``
-        and ``options`` (s_churn, rho, simple_var, order, ...) are those of :func:`difflab.sample`.
-        The run's config gives the defaults (a preset run samples as its note does): ``sampler``,
-        ``steps`` (its ``sample_steps``, or T for ddpm when another sampler is the run's), ``variance`` and
-        ``clip_x0``. ``discrete`` defaults to True for MyUNet, whose time embedding is a table of
-        integer timesteps."""
+        """``n`` images in [-1, 1] on the CPU. Image i comes from seed ``seed + i`` (or
+        ``seeds[i]``) whatever ``batch_size`` is, so the same seed gives the same bytes.
+
+        ``class_labels`` (one per image) condition a class-conditional model, guided by
+        ``guidance``: a scale w, or a :class:`~difflab.guidance.Guidance` with rescale and
+        interval (default: the run's ``sample_guidance``; 0 = unconditional, 1 = conditional
+        without guidance). Without labels a class-conditional model samples unconditionally.
+
+        ``sampler``, ``sigmas`` and ``options`` (s_churn, rho, simple_var, order, ...) are those of
+        :func:`difflab.sample`. The run's config gives the defaults (a preset run samples as its
+        note does): ``sampler``, ``steps`` (its ``sample_steps``, or T for ddpm when another
+        sampler is the run's), ``variance`` and ``clip_x0``. ``discrete`` defaults to True for
+        MyUNet, whose time embedding is a table of integer timesteps."""
         if n < 1:
             raise ValueError(f"n must be a positive number of images, got {n}")
         if self.config.objective == "corrupt":
@@ -128,10 +131,13 @@ class Pipeline:
             discrete = isinstance(self.net, MyUNet)
         labels = self._labels(n, class_labels)
         guide = self._guidance(guidance)
+        if seeds is not None and len(seeds) != n:
+            raise ValueError(f"give one seed per image: {n} images, {len(seeds)} seeds")
+        all_seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
         out = []
         for start in range(0, n, batch_size):
             idx = range(start, min(n, start + batch_size))
-            gens = generators_from_seeds([seed + i for i in idx])
+            gens = generators_from_seeds([all_seeds[i] for i in idx])
             x_T = torch.stack([torch.randn(self.image_shape, generator=g) for g in gens]).to(self.device)
             model, cond = self._conditioned(None if labels is None else labels[idx.start : idx.stop], guide)
             x = sample(
@@ -225,6 +231,14 @@ def load(run: str | Path, device: str = "auto", weights: str | None = None) -> P
     return Pipeline.load(run, device, weights)
 
 
+def class_rows(pipe: Pipeline, classes: Sequence[int], per_class: int, seed: int = 0) -> dict[str, Any]:
+    """Arguments of :meth:`Pipeline.sample` for a grid with one row per class: every row uses the
+    seeds ``seed..seed+per_class-1``, so a column shows one starting noise under every class."""
+    labels = [c for c in classes for _ in range(per_class)]
+    seeds = [seed + i for _ in classes for i in range(per_class)]
+    return {"n": len(labels), "class_labels": labels, "seeds": seeds, "nrow": per_class}
+
+
 def write_samples(
     pipe: Pipeline,
     n: int,
@@ -235,12 +249,14 @@ def write_samples(
     save_dir: str | Path | None = None,
     batch_size: int = 256,
     gif_normalize: str = "clip",
+    nrow: int | None = None,
     **sample_kwargs: Any,
 ) -> list[Path]:
     """Sample ``n`` images and write what is asked: a grid (``out``), a denoising GIF, a
     progression strip (x_t at every step, note 004's ``sample_plot_image``) and one PNG per image
     (``save_dir``). ``gif_normalize="minmax"`` stretches every GIF frame to its own range as note
-    000 does; ``"clip"`` maps [-1, 1] alike in every frame. ``sample_kwargs`` go to
+    000 does; ``"clip"`` maps [-1, 1] alike in every frame. ``nrow`` images per grid row.
+    ``sample_kwargs`` go to
     :meth:`Pipeline.sample`. Returns the paths written."""
     from difflab.viz import save_gif, save_grid, save_progression
 
@@ -256,7 +272,7 @@ def write_samples(
                          callback=record if want_frames else None, **sample_kwargs)
     written = []
     if out is not None:
-        written.append(save_grid(images, out))
+        written.append(save_grid(images, out, nrow=nrow))
     if gif is not None:
         keep = [*frames[:: max(1, len(frames) // 60)], images]
         written.append(save_gif(keep, gif, normalize=gif_normalize))  # type: ignore[arg-type]

@@ -32,6 +32,7 @@ RESUMABLE_CHANGES = (
     "sample_clip",
     "sample_mix_offset",
     "sample_guidance",
+    "epochs",
 )
 
 
@@ -54,8 +55,14 @@ class TrainConfig(Config):
     (seed 000 keeps its best-loss model), and sampling then uses them.
 
     ``sample_*`` are the run's sampling defaults (``difflab sample`` and the grids during
-    training): sampler, steps, DDPM variance, x_0 clipping, and ``sample_mix_offset`` for the
-    mixing sampler of corrupt runs (factor ``1 / (steps - i + offset)``)."""
+    training): sampler, steps, DDPM variance, x_0 clipping, ``sample_guidance`` (the classifier-free
+    guidance scale for conditional samples) and ``sample_mix_offset`` for the mixing sampler of
+    corrupt runs (factor ``1 / (steps - i + offset)``).
+
+    ``cond`` is what the network is conditioned on: ``"class"`` labels (the label is replaced by the
+    null class with probability ``cond_drop``, so one model samples conditionally and
+    unconditionally) or ``"text"`` captions through a frozen text encoder. ``class_names`` is
+    resolved from the data when training starts."""
 
     data: DataConfig = field(default_factory=DataConfig)
     net_kind: str = "unet"
@@ -79,7 +86,7 @@ class TrainConfig(Config):
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     ema_warmup: bool = True
-    class_cond: bool = False
+    cond: Literal["none", "class", "text"] = "none"
     cond_drop: float = 0.1
     seed: int = 0
     checkpoint_every: int = 250
@@ -157,11 +164,17 @@ class TrainConfig(Config):
             out["net"] = self.net.to_dict()
         return out
 
+    @property
+    def class_cond(self) -> bool:
+        return self.cond == "class"
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
         from difflab.nets import net_config_from_dict
 
         data = dict(data)
+        if "class_cond" in data:  # runs written before ``cond`` replaced the class_cond switch
+            data.setdefault("cond", "class" if data.pop("class_cond") else "none")
         net = data.pop("net", None)
         cfg = super().from_dict(data)
         return cfg.replace(net=None if net is None else net_config_from_dict(net))

@@ -54,7 +54,22 @@ def add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=positive_int, default=64, help=with_default("number of images", 64))
     p.add_argument("--seed", type=int, default=0, help=with_default("image i uses seed + i", 0))
     p.add_argument("--batch-size", type=positive_int, default=256, help=with_default("images per batch", 256))
-    p.add_argument("--class-label", type=int, help="class for every image (class-conditional runs)")
+    p.add_argument("--class", dest="classes",
+                   help="class-conditional runs: a class number or name (--class 7, --class sneaker) for "
+                   "every image, or several (--class 1,4,7, --class all): a grid with one row of --n "
+                   "images per class, the same seeds in every row")
+    p.add_argument("--guidance", type=non_negative_float,
+                   help="classifier-free guidance scale w: 0 = unconditional, 1 = conditional, > 1 stronger "
+                   + _run_default("guidance", "sample_guidance"))
+    p.add_argument("--guidance-rescale", type=non_negative_float, default=0.0,
+                   help=with_default("phi of Lin et al. 2024: pull the guided output's std back to the "
+                                     "conditional one's", 0.0))
+    p.add_argument("--guidance-interval", type=non_negative_float, nargs=2,
+                   metavar=("SIGMA_LO", "SIGMA_HI"),
+                   help="guide only at noise levels sigma in [lo, hi] (Kynkaanniemi et al. 2024; "
+                   "default: all)")
+    p.add_argument("--guidance-sequential", action="store_true",
+                   help="run the two guidance branches one after the other (less memory; default: batched)")
     p.add_argument("--device", default="auto", help=with_default("auto | cpu | cuda | cuda:N", "auto"))
 
 
@@ -67,8 +82,8 @@ def sample_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "sampler": args.sampler, "steps": args.steps, "eta": args.eta, "seed": args.seed,
         "clip_x0": args.clip, "variance": args.variance, "spacing": args.spacing, "sigmas": args.sigmas,
     }
-    if args.class_label is not None:
-        kwargs["class_labels"] = [args.class_label] * args.n
+    if args.guidance_rescale > 1:
+        raise ValueError(f"--guidance-rescale must lie in [0, 1], got {args.guidance_rescale}")
     if args.simple_var:
         kwargs["simple_var"] = True
     if args.sigmas == "karras":
@@ -78,12 +93,35 @@ def sample_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return kwargs
 
 
+def class_kwargs(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """``--class`` and ``--guidance*``: one class for every image, or a grid with one row per
+    class, guided with the run's scale unless ``--guidance`` says otherwise."""
+    from difflab.conditioning import parse_classes
+    from difflab.guidance import Guidance
+    from difflab.pipeline import class_rows
+
+    if args.classes is None:
+        if args.guidance is not None:
+            raise ValueError("--guidance needs a condition to guide towards: give --class")
+        return {}
+    classes = parse_classes(args.classes, pipe.num_classes, pipe.class_names)
+    scale = pipe.config.sample_guidance if args.guidance is None else args.guidance
+    interval = tuple(args.guidance_interval) if args.guidance_interval else None
+    out: dict[str, Any] = {"guidance": Guidance(scale, args.guidance_rescale, interval,
+                                                not args.guidance_sequential)}
+    if len(classes) == 1 and args.classes.strip().lower() != "all":
+        return {**out, "class_labels": classes * args.n}
+    return {**out, **class_rows(pipe, classes, args.n, args.seed)}
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     from difflab.pipeline import load, write_samples
 
     kwargs = sample_kwargs(args)  # flags are checked before the run is loaded
     pipe = load(args.run, args.device, args.weights)
-    written = write_samples(pipe, args.n, out=args.out, gif=args.gif, progression=args.progression,
+    kwargs.update(class_kwargs(pipe, args))
+    n = kwargs.pop("n", args.n)
+    written = write_samples(pipe, n, out=args.out, gif=args.gif, progression=args.progression,
                             save_dir=args.save_dir, batch_size=args.batch_size,
                             gif_normalize=args.gif_normalize, **kwargs)
     for p in written:

@@ -15,9 +15,9 @@ FIELDS = {
     "seed": "seed", "schedule": "schedule", "T": "T", "prediction": "prediction", "objective": "objective",
     "loss": "loss", "weighting": "weighting", "ema_decay": "ema_decay",
     "checkpoint_every": "checkpoint_every", "sample_every": "sample_every", "eval_every": "eval_every",
-    "eval_n": "eval_n", "device": "device",
+    "eval_n": "eval_n", "device": "device", "cond": "cond", "cond_drop": "cond_drop",
 }
-SWITCHES = {"class_cond": "class_cond", "compile": "compile", "keep_best": "keep_best"}
+SWITCHES = {"compile": "compile", "keep_best": "keep_best"}
 
 
 def _config_help(text: str, field: str) -> str:
@@ -58,7 +58,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels", type=int, choices=(1, 3), help="convert to grey (1) or RGB (3)")
     p.add_argument("--flip", action="store_true", help="random horizontal flips")
     p.add_argument("--limit", type=positive_int, help="train on the first N images only")
-    p.add_argument("--class-cond", action="store_true", help="condition on class labels (with CFG dropout)")
+    p.add_argument("--cond", choices=TrainConfig.choices("cond"),
+                   help=_config_help("condition on class labels or on text captions (sample with --class / "
+                                     "--prompt and --guidance)", "cond"))
+    p.add_argument("--cond-drop", type=non_negative_float,
+                   help=_config_help("probability of training a sample with the null condition, so one model "
+                                     "also samples unconditionally (classifier-free guidance)", "cond_drop"))
     p.add_argument("--ema-decay", type=non_negative_float, help=_config_help("EMA decay", "ema_decay"))
     p.add_argument("--keep-best", action="store_true",
                    help="also keep the weights of the epoch with the lowest mean loss (best.safetensors), "

@@ -84,7 +84,8 @@ def prepare_data(cfg: TrainConfig, log: Log) -> tuple[TrainConfig, ImageDataset]
         c, h, w = data.shape
     data_cfg = cfg.data.replace(image_size=h, channels=c)
     if cfg.class_cond and not data.num_classes:
-        raise TrainingError(f"--class-cond needs labelled data, and {data.name} has no labels")
+        raise TrainingError(f"--cond class needs labelled data, and {data.name} has no labels "
+                            "(image folders get labels from their subfolders)")
     net_cfg = cfg.net or default_net_config(
         cfg.net_kind,
         in_channels=c,
@@ -93,6 +94,8 @@ def prepare_data(cfg: TrainConfig, log: Log) -> tuple[TrainConfig, ImageDataset]
         num_classes=data.num_classes if cfg.class_cond else 0,
     )
     cfg = cfg.replace(data=data_cfg, net=net_cfg)
+    if cfg.class_cond:
+        cfg = cfg.replace(class_names=tuple(data.class_names) or tuple(map(str, range(data.num_classes))))
     if cfg.epochs is not None:
         steps = steps_for_epochs(cfg.epochs, len(data), cfg.batch_size)
         log(f"{cfg.epochs:g} epochs = {steps} steps of {cfg.batch_size} ({len(data)} images)")
