@@ -141,7 +141,10 @@ def test_seed003_first_model_trains_with_corrupt_and_samples_with_mix(tmp_path):
 def test_demo_writes_every_picture(tmp_path):
     r = run_cli("demo", "--out", tmp_path / "demo", "--steps", "3", "--no-progress")
     assert r.returncode == 0, r.stderr
-    for name in ("samples.png", "denoise.gif", "progression.png", "forward.png", "loss.png"):
+    for name in ("classes.png", "samples.png", "denoise.gif", "progression.png", "forward.png", "loss.png"):
         assert (tmp_path / "demo" / name).is_file(), name
         assert f"wrote {tmp_path / 'demo' / name}" in r.stdout
     assert (tmp_path / "demo" / "run" / "model.safetensors").is_file()
+    assert load(tmp_path / "demo" / "run", "cpu").num_classes == 10  # the demo conditions on the digit
+    grid = np.asarray(Image.open(tmp_path / "demo" / "classes.png"))
+    assert grid.shape[0] == 10 * 28 + 11 * 2 and grid.shape[1] == 8 * 28 + 9 * 2  # a row per digit
