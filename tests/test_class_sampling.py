@@ -42,8 +42,6 @@ def test_run_keeps_its_class_names_and_the_null_class_samples_unconditionally(cl
     pipe = load(class_run, "cpu")
     assert pipe.class_names == tuple(str(i) for i in range(10))
     unconditional = pipe.sample(3, steps=4, seed=1)
-    null = pipe.sample(3, steps=4, seed=1, class_labels=[10] * 3, guidance=1.0) if False else None
-    assert null is None  # the null label is internal: users ask for unconditional samples by giving no class
     w0 = pipe.sample(3, steps=4, seed=1, class_labels=[7] * 3, guidance=0.0)
     torch.testing.assert_close(w0, unconditional, rtol=0, atol=0)  # w = 0 is exactly unconditional
     w1 = pipe.sample(3, steps=4, seed=1, class_labels=[7] * 3, guidance=1.0)
@@ -64,7 +62,8 @@ def test_class_rows_share_seeds_across_rows(class_run):
 
 
 def test_sample_class_all_writes_one_row_per_class(class_run, tmp_path):
-    r = run_cli("sample", class_run, "--class", "all", "--n", "3", "--steps", "4", "--out", tmp_path / "g.png")
+    r = run_cli("sample", class_run, "--class", "all", "--n", "3", "--steps", "4",
+                "--out", tmp_path / "g.png")
     assert r.returncode == 0, r.stderr
     grid = np.asarray(Image.open(tmp_path / "g.png"))
     assert grid.shape == (10 * 28 + 11 * 2, 3 * 28 + 4 * 2)
@@ -95,8 +94,8 @@ def test_cond_class_needs_labels(tmp_path):
     folder.mkdir()
     for i in range(4):
         Image.fromarray(np.full((8, 8), i * 40, np.uint8)).save(folder / f"{i}.png")
-    r = run_cli("train", "--data", f"folder:{folder}", "--cond", "class", "--steps", "1", "--out", tmp_path / "r",
-                "--no-progress")
+    r = run_cli("train", "--data", f"folder:{folder}", "--cond", "class", "--steps", "1",
+                "--out", tmp_path / "r", "--no-progress")
     assert r.returncode == 2 and "--cond class needs labelled data" in r.stderr
 
 
