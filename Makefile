@@ -14,7 +14,8 @@ PIP = $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 
 $(PY):
 	@echo "creating the project virtual environment .venv/ (python3 -m venv)"
-	python3 -m venv .venv
+	@python3 -m venv .venv || { rm -rf .venv; echo "make: python3 -m venv failed; on Debian/Ubuntu install \
+	the venv module first (sudo apt-get install python3-venv), then run make again" >&2; exit 1; }
 
 install: $(PY)
 	$(PIP) torch==2.13.0
