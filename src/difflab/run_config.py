@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
+from difflab.conditioning.text import TextConfig
 from difflab.config import Config, check_choice
 from difflab.data import DataConfig
 from difflab.schedules import NoiseSchedule
@@ -61,8 +62,9 @@ class TrainConfig(Config):
 
     ``cond`` is what the network is conditioned on: ``"class"`` labels (the label is replaced by the
     null class with probability ``cond_drop``, so one model samples conditionally and
-    unconditionally) or ``"text"`` captions through a frozen text encoder. ``class_names`` is
-    resolved from the data when training starts."""
+    unconditionally) or ``"text"`` captions through a frozen text encoder (``text``: the encoder,
+    its max length and where the captions come from). ``class_names`` and ``text`` are resolved
+    from the data when training starts."""
 
     data: DataConfig = field(default_factory=DataConfig)
     net_kind: str = "unet"
@@ -100,6 +102,7 @@ class TrainConfig(Config):
     sample_mix_offset: int = 0
     sample_guidance: float = 3.0
     class_names: tuple[str, ...] = ()
+    text: TextConfig | None = None
     keep_best: bool = False
     log_every: int = 10
     eval_every: int = 0

@@ -11,7 +11,8 @@ Sources (``parse_data_spec`` takes the CLI forms in brackets):
   ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``).
 - ``digits``: scikit-learn's 1,797 8x8 digits.
 - ``folder:PATH``: any tree of PNG/JPEG/WebP/BMP images; immediate subfolders are classes when
-  there are at least two.
+  there are at least two; a ``metadata.jsonl`` (Hugging Face imagefolder) or captions CSV in the
+  folder gives each image a caption (:mod:`difflab.data.captions`).
 - ``mnist-idx:PATH``: MNIST idx files (a folder or the images file).
 - ``cifar10:PATH``: the CIFAR-10 python batches (folder or ``cifar-10-python.tar.gz``).
 """
@@ -27,6 +28,7 @@ from torch import Tensor
 
 from difflab.config import Config
 from difflab.data.batcher import Batcher
+from difflab.data.captions import folder_captions
 from difflab.data.errors import DataError
 from difflab.data.formats import (
     read_cifar10,
@@ -40,6 +42,7 @@ from difflab.data.images import (
     convert_channels,
     load_image_folder_tensor,
     read_image_folder,
+    read_image_folder_files,
     resize_images,
     save_images,
     uint8_to_float,
@@ -56,6 +59,7 @@ __all__ = [
     "parse_data_spec",
     "read_cifar10",
     "read_idx",
+    "read_image_folder",
     "save_images",
 ]
 
@@ -114,7 +118,8 @@ def parse_data_spec(spec: str, **fields: Any) -> DataConfig:
 
 @dataclass(eq=False)
 class ImageDataset:
-    """Images held in memory: ``images`` uint8 [N, C, H, W], ``labels`` int64 [N] or None."""
+    """Images held in memory: ``images`` uint8 [N, C, H, W], ``labels`` int64 [N] or None,
+    ``captions`` one string per image ("" = none) or None."""
 
     images: Tensor
     labels: Tensor | None = None
@@ -123,6 +128,7 @@ class ImageDataset:
     name: str = "images"
     notes: list[str] = field(default_factory=list)
     flip: bool = False
+    captions: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -130,6 +136,8 @@ class ImageDataset:
                              f"{tuple(self.images.shape)}")
         if self.labels is not None and self.labels.shape != (len(self.images),):
             raise ValueError(f"{len(self.images)} images but labels of shape {tuple(self.labels.shape)}")
+        if self.captions is not None and len(self.captions) != len(self.images):
+            raise ValueError(f"{len(self.images)} images but {len(self.captions)} captions")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -170,7 +178,19 @@ class ImageDataset:
         return text + "".join(f"; {n}" for n in self.notes)
 
 
-def _read(cfg: DataConfig) -> tuple[np.ndarray | Tensor, np.ndarray | None, list[str], list[str]]:
+def _read(cfg: DataConfig) -> tuple[np.ndarray | Tensor, np.ndarray | None, list[str], list[str],
+                                   list[str] | None]:
+    if cfg.source == "folder":
+        images, labels, names, notes, files = read_image_folder_files(
+            cfg.path, cfg.image_size, cfg.channels, limit=cfg.limit)  # type: ignore[arg-type]
+        found = folder_captions(cfg.path, files)  # type: ignore[arg-type]
+        if found is None:
+            return images, labels, names, notes, None
+        return images, labels, names, [*notes, *found[1]], found[0]
+    return (*_read_arrays(cfg), None)
+
+
+def _read_arrays(cfg: DataConfig) -> tuple[np.ndarray | Tensor, np.ndarray | None, list[str], list[str]]:
     if cfg.source == "mnist":
         return read_mnist_5k()
     if cfg.source == "fashion-mnist":
@@ -181,18 +201,19 @@ def _read(cfg: DataConfig) -> tuple[np.ndarray | Tensor, np.ndarray | None, list
         return read_idx_dataset(cfg.path)  # type: ignore[arg-type]
     if cfg.source == "cifar10":
         return read_cifar10(cfg.path)  # type: ignore[arg-type]
-    return read_image_folder(cfg.path, cfg.image_size, cfg.channels, limit=cfg.limit)  # type: ignore[arg-type]
+    raise DataError(f"unknown data source {cfg.source!r}")
 
 
 def load_dataset(cfg: DataConfig) -> ImageDataset:
     """Load the images ``cfg`` names into memory, apply ``limit``, ``image_size`` and
     ``channels``, and record what was done in ``notes``. Errors are :class:`DataError`."""
-    images, labels, class_names, notes = _read(cfg)
+    images, labels, class_names, notes, captions = _read(cfg)
     n = len(images)
     if cfg.limit is not None and cfg.limit < n:
         keep = np.sort(np.random.default_rng(0).permutation(n)[: cfg.limit])
         images = images[torch.from_numpy(keep)] if isinstance(images, Tensor) else images[keep]
         labels = None if labels is None else labels[keep]
+        captions = None if captions is None else [captions[i] for i in keep]
         notes.append(f"kept {cfg.limit} of {n} images (seeded shuffle)")
     x = images if isinstance(images, Tensor) else torch.from_numpy(np.ascontiguousarray(images))
     if cfg.image_size is not None and tuple(x.shape[2:]) != (cfg.image_size, cfg.image_size):
@@ -212,4 +233,5 @@ def load_dataset(cfg: DataConfig) -> ImageDataset:
         name=name,
         notes=notes,
         flip=cfg.flip,
+        captions=captions,
     )

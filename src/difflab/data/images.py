@@ -146,6 +146,20 @@ def read_image_folder(
     """Decode every image under ``path`` -> (uint8 [N, C, H, W], labels or None, class names,
     notes). With ``labelled`` and at least two subfolders that hold images, the immediate
     subfolder names are the classes (torchvision's ImageFolder convention)."""
+    images, labels, class_names, notes, _ = read_image_folder_files(
+        path, image_size, channels, labelled, limit, workers)
+    return images, labels, class_names, notes
+
+
+def read_image_folder_files(
+    path: str | Path,
+    image_size: int | None = None,
+    channels: int | None = None,
+    labelled: bool = True,
+    limit: int | None = None,
+    workers: int | None = None,
+) -> tuple[Tensor, np.ndarray | None, list[str], list[str], list[Path]]:
+    """:func:`read_image_folder`, plus the file of each image read (in order)."""
     root = Path(path).expanduser()
     hint = "pass folder:PATH with a folder of PNG/JPEG/WebP/BMP images"
     if not root.exists():
@@ -216,7 +230,7 @@ def read_image_folder(
     if image_size is not None:
         notes.append(f"resized (shorter side) and centre-cropped to {image_size}x{image_size}")
     labels = None if labels_all is None else np.asarray([labels_all[i] for i in good], np.int64)
-    return torch.from_numpy(out), labels, class_names, notes
+    return torch.from_numpy(out), labels, class_names, notes, [files[i] for i in good]
 
 
 # ---- saving and reading back -----------------------------------------------------------------

@@ -1,10 +1,11 @@
 """The training loop: ``train(config, out)``, resumable bit-for-bit.
 
 Everything random in a step comes from state the checkpoint holds: batch order and flips from the
-batcher; timesteps, noise and label dropout from one torch generator; dropout inside the network
-from torch's global RNG (CPU, and CUDA's on a GPU). Sample grids, evaluations and ``on_step`` run
-with the global RNG forked, so they never shift it. A run killed at any point and resumed from its
-last checkpoint therefore ends with the same weights as one that never stopped.
+batcher; timesteps, noise, label dropout and caption templates from one torch generator; dropout
+inside the network from torch's global RNG (CPU, and CUDA's on a GPU). Sample grids, evaluations
+and ``on_step`` run with the global RNG forked, so they never shift it. A run killed at any point
+and resumed from its last checkpoint therefore ends with the same weights as one that never
+stopped.
 
 A run is a :class:`Trainer`: built from the config (or resumed from the newest checkpoint), it
 takes one optimizer step at a time (:meth:`Trainer.train_step`), then does what is due
@@ -26,6 +27,7 @@ from typing import IO, Any
 import torch
 from torch import Tensor, nn
 
+from difflab.conditioning.text import TextConfig
 from difflab.data import Batcher, ImageDataset, load_dataset
 from difflab.device import resolve_device
 from difflab.losses import diffusion_loss
@@ -86,21 +88,44 @@ def prepare_data(cfg: TrainConfig, log: Log) -> tuple[TrainConfig, ImageDataset]
     if cfg.class_cond and not data.num_classes:
         raise TrainingError(f"--cond class needs labelled data, and {data.name} has no labels "
                             "(image folders get labels from their subfolders)")
+    text = resolve_text(cfg, data) if cfg.cond == "text" else None
     net_cfg = cfg.net or default_net_config(
         cfg.net_kind,
         in_channels=c,
         image_size=h,
         n_steps=cfg.T,
         num_classes=data.num_classes if cfg.class_cond else 0,
+        context_dim=text.dim if text else 0,
     )
-    cfg = cfg.replace(data=data_cfg, net=net_cfg)
-    if cfg.class_cond:
+    if text and getattr(net_cfg, "context_dim", 0) != text.dim:
+        raise TrainingError(f"--cond text needs a network with context_dim={text.dim} ({text.encoder}'s "
+                            f"width), got {getattr(net_cfg, 'context_dim', 0)}")
+    cfg = cfg.replace(data=data_cfg, net=net_cfg, text=text)
+    if cfg.class_cond or (text and data.num_classes):
         cfg = cfg.replace(class_names=tuple(data.class_names) or tuple(map(str, range(data.num_classes))))
     if cfg.epochs is not None:
         steps = steps_for_epochs(cfg.epochs, len(data), cfg.batch_size)
         log(f"{cfg.epochs:g} epochs = {steps} steps of {cfg.batch_size} ({len(data)} images)")
         cfg = cfg.replace(steps=steps)
     return cfg, data
+
+
+def resolve_text(cfg: TrainConfig, data: ImageDataset) -> TextConfig:
+    """Where a text run's captions come from: the folder's captions file, else templates over the
+    class names (:mod:`difflab.conditioning.captions`)."""
+    from difflab.conditioning.captions import template_set_for
+
+    if cfg.net_kind != "unet":
+        raise TrainingError(f"--cond text needs --net unet, whose cross-attention masks the padding of "
+                            f"prompts; {cfg.net_kind} does not")
+    text = cfg.text or TextConfig()
+    if data.captions is not None and any(data.captions):
+        return text.replace(captions="file", templates="")
+    if data.num_classes:
+        templates = text.templates or template_set_for(data.class_names)
+        return text.replace(captions="templates", templates=templates)
+    raise TrainingError(f"--cond text needs captions, and {data.name} has neither labels (captions are "
+                        "made from class names) nor a metadata.jsonl / captions.csv beside the images")
 
 
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
@@ -226,6 +251,8 @@ class Trainer:
             data.images = data.images.to(device)  # uint8 and small: batches are gathered on the device
         self.model = torch.compile(self.net) if cfg.compile else self.net  # same parameters as net
         self.num_classes = int(getattr(self.net, "num_classes", 0))
+        with forked_rng(device):  # loading the encoder must not move the RNG the steps draw from
+            self.captions = self._caption_table() if cfg.cond == "text" else None
         self.use_autocast = device.type == "cuda"
         self.evaluator = self._make_evaluator()
         # Reading a loss back forces a host-device sync; on accelerators do it every log_every steps.
@@ -238,6 +265,27 @@ class Trainer:
         self.bar: Any = None
         self.log_file: IO[str] | None = None
         self.t_start = self.window_t = time.perf_counter()
+
+    def _caption_table(self) -> Any:
+        """Every training caption encoded once, on the device (see :class:`CaptionTable`)."""
+        from difflab.conditioning.captions import CaptionTable
+        from difflab.conditioning.text import get_encoder
+
+        cfg, text = self.cfg, self.cfg.text
+        assert text is not None, "prepare_data resolves the text config"
+        t0 = time.perf_counter()
+        encoder = get_encoder(text.encoder, text.max_length)
+        if text.captions == "file":
+            assert self.data.captions is not None
+            table = CaptionTable.from_captions(self.data.captions, encoder, self.device)
+            what = f"{len(table.captions)} distinct captions from the data's captions file"
+        else:
+            table = CaptionTable.from_templates(text.templates, cfg.class_names, encoder, self.device)
+            what = (f"{len(table.captions)} captions ({table.num_templates} '{text.templates}' templates "
+                    f"x {table.num_classes} classes)")
+        self.log(f"text: {what} and the empty prompt, encoded by {text.encoder} in "
+                 f"{time.perf_counter() - t0:.1f} s")
+        return table
 
     def _make_evaluator(self) -> Callable[[nn.Module], dict[str, float]] | None:
         if not self.cfg.eval_every:
@@ -338,9 +386,11 @@ class Trainer:
     def train_step(self) -> None:
         """Draw a batch, take one optimizer step, update the EMA; the loss is queued for reading."""
         epoch = self.batcher.epoch
-        x0, labels = self.batcher.next_batch(self.data, device=self.device)
+        flips = self.batcher.generator()  # what Batcher.next_batch does, keeping the indices
+        indices = self.batcher.next_indices()
+        x0, labels = self.data.batch(indices, generator=flips, device=self.device)
         self.epoch_ended = self.batcher.epoch > epoch
-        loss = self.loss(x0, labels)
+        loss = self.loss(x0, labels, indices)
         self.pending.append((self.step + 1, loss.detach()))
         if len(self.pending) >= self.sync_every:
             self.read_losses()
@@ -353,8 +403,9 @@ class Trainer:
         self.ema.update(self.net)
         self.step += 1
 
-    def loss(self, x0: Tensor, labels: Tensor | None) -> Tensor:
-        """The training loss of one batch, with timesteps, noise and label dropout from ``gen``."""
+    def loss(self, x0: Tensor, labels: Tensor | None, indices: Tensor | None = None) -> Tensor:
+        """The training loss of one batch, with timesteps, noise, label dropout and captions from
+        ``gen``; ``indices`` (into the data) pick the captions of a captions file."""
         cfg, device, gen = self.cfg, self.device, self.gen
         b = x0.shape[0]
         t = torch.randint(0, cfg.T, (b,), generator=gen).to(device)
@@ -363,6 +414,8 @@ class Trainer:
         if self.num_classes and labels is not None:
             drop = torch.rand(b, generator=gen).to(device) < cfg.cond_drop
             cond = {"class_labels": torch.where(drop, self.num_classes, labels)}
+        elif self.captions is not None:
+            cond = {"context": self.captions.draw(b, labels, indices, cfg.cond_drop, gen)}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.use_autocast):
             if cfg.objective == "corrupt":
                 amount = torch.rand(b, generator=gen).to(device)
