@@ -42,9 +42,11 @@ LAYERS: dict[str, int] = {
     "nets": 4,  # basic_unet's corrupt objective uses losses
     "sampling": 4,
     "guidance": 4,  # classifier-free guidance around a denoiser
+    "classifier_guidance": 4,  # classifier guidance around a denoiser (any classifier callable)
     "conditioning": 4,  # what a sample is conditioned on (class labels, ...)
     # what decides a run
     "run_config": 5,
+    "classifier_run": 5,  # a noise-aware classifier's run: config, loading, pairing with a diffusion run
     "presets": 6,
     # a trained model: load and sample (difflab.load)
     "pipeline": 7,
