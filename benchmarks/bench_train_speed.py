@@ -44,8 +44,7 @@ model FLOP utilisation (MFU). On CUDA the
 runs use the GPU (difflab's loop then trains in bf16 autocast; the recipe stays fp32 as written).
 
     OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/bench_train_speed.py --quick   # ~1 minute
-    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/bench_train_speed.py --sections compare \
-        --configs recipe a b b2 c --rounds 3 --seconds 15
+    OMP_NUM_THREADS=1 python benchmarks/bench_train_speed.py --sections compare   # ~6 minutes
     OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/bench_train_speed.py --sections compare
     OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/bench_train_speed.py --sections memory
     OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/bench_train_speed.py --sections levers
@@ -622,8 +621,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny settings: checks the script runs")
     parser.add_argument("--batch", type=int, default=128, help="batch of the recipe, (a) and (b)")
     parser.add_argument("--image-size", type=int, default=32, help="image size of the recipe, (a) and (b)")
-    parser.add_argument("--seconds", type=float, default=15.0, help="compare: loop time per chunk")
-    parser.add_argument("--rounds", type=int, default=3, help="compare: interleaved rounds")
+    parser.add_argument("--seconds", type=float, default=5.0,
+                        help="compare: loop time per chunk (short chunks follow a changing load better)")
+    parser.add_argument("--rounds", type=int, default=8, help="compare: interleaved rounds")
     parser.add_argument("--tolerance", type=float, default=0.05,
                         help="compare: fail when (a) or (b) is below 1 - tolerance times the recipe")
     parser.add_argument("--goal", type=float, default=1.5,
