@@ -95,6 +95,8 @@ class Pipeline:
         guidance: float | Guidance | None = None,
         seeds: Sequence[int] | None = None,
         callback: StepCallback | None = None,
+        classifier: Any = None,
+        classifier_scale: float = 1.0,
         **options: Any,
     ) -> Tensor:
         """``n`` images in [-1, 1] on the CPU. Image i comes from seed ``seed + i`` (or
@@ -104,6 +106,12 @@ class Pipeline:
         ``guidance``: a scale w, or a :class:`~difflab.guidance.Guidance` with rescale and
         interval (default: the run's ``sample_guidance``; 0 = unconditional, 1 = conditional
         without guidance). Without labels a class-conditional model samples unconditionally.
+
+        ``classifier`` (a :class:`~difflab.classifier_run.Classifier` or its run folder, trained on
+        this run's schedule and image size) guides towards ``class_labels`` with scale
+        ``classifier_scale`` (Dhariwal & Nichol 2021; :mod:`difflab.classifier_guidance`):
+        Algorithm 1's mean shift for ddpm, Algorithm 2's eps correction for the other samplers.
+        It works on unconditional runs, and on class-conditional ones on top of ``guidance``.
 
         ``sampler``, ``sigmas`` and ``options`` (s_churn, rho, simple_var, order, ...) are those of
         :func:`difflab.sample`. The run's config gives the defaults (a preset run samples as its
@@ -129,7 +137,9 @@ class Pipeline:
             from difflab.nets import MyUNet
 
             discrete = isinstance(self.net, MyUNet)
-        labels = self._labels(n, class_labels)
+        if classifier is not None:
+            classifier = self._classifier(classifier)
+        labels = self._labels(n, class_labels, classifier)
         guide = self._guidance(guidance)
         if seeds is not None and len(seeds) != n:
             raise ValueError(f"give one seed per image: {n} images, {len(seeds)} seeds")
@@ -139,7 +149,12 @@ class Pipeline:
             idx = range(start, min(n, start + batch_size))
             gens = generators_from_seeds([all_seeds[i] for i in idx])
             x_T = torch.stack([torch.randn(self.image_shape, generator=g) for g in gens]).to(self.device)
-            model, cond = self._conditioned(None if labels is None else labels[idx.start : idx.stop], guide)
+            batch_labels = None if labels is None else labels[idx.start : idx.stop]
+            model, cond = self._conditioned(batch_labels if self.num_classes else None, guide)
+            if classifier is not None:
+                model = classifier.guide(model, batch_labels, classifier_scale, schedule=self.schedule,
+                                         prediction=self.config.prediction, sampler=sampler, steps=steps,
+                                         spacing=spacing, variance=variance)
             x = sample(
                 model,
                 x_T,
@@ -169,17 +184,35 @@ class Pipeline:
     def class_names(self) -> tuple[str, ...]:
         return tuple(self.config.class_names) or tuple(str(i) for i in range(self.num_classes))
 
-    def _labels(self, n: int, class_labels: Sequence[int] | Tensor | None) -> Tensor | None:
+    def _labels(self, n: int, class_labels: Sequence[int] | Tensor | None, classifier: Any = None
+                ) -> Tensor | None:
         if class_labels is None:
+            if classifier is not None:
+                raise ValueError("classifier guidance needs class_labels: the class to guide each image to")
             return None
-        if not self.num_classes:
+        if not self.num_classes and classifier is None:
             raise ValueError("this run was not trained with class labels (train it with --cond class); "
                              "sample it without --class")
         labels = torch.as_tensor(class_labels, dtype=torch.long)
         if labels.shape != (n,):
             raise ValueError(f"give one class label per image: {n} images, {tuple(labels.shape)} labels")
-        ClassCondition(self.num_classes).cond(labels)  # range check
+        if classifier is not None:
+            classifier.check_labels(labels)
+        if self.num_classes:
+            ClassCondition(self.num_classes).cond(labels)  # range check
         return labels
+
+    def _classifier(self, classifier: Any) -> Any:
+        """A classifier (or its run folder) checked against this run, on this run's device."""
+        from difflab.classifier_run import Classifier
+
+        if not isinstance(classifier, Classifier):
+            classifier = Classifier.load(classifier, str(self.device))
+        classifier.check_pairing(self.config, self.image_shape)
+        if self.num_classes and classifier.num_classes != self.num_classes:
+            raise ValueError(f"classifier {classifier.run} has {classifier.num_classes} classes, this run "
+                             f"{self.num_classes}; guide with a classifier of the run's classes")
+        return classifier.to(self.device)
 
     def _guidance(self, guidance: float | Guidance | None) -> Guidance:
         if isinstance(guidance, Guidance):

@@ -115,11 +115,14 @@ def class_kwargs(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
+    from difflab.cli.classifier import guidance_kwargs
     from difflab.pipeline import load, write_samples
 
     kwargs = sample_kwargs(args)  # flags are checked before the run is loaded
     pipe = load(args.run, args.device, args.weights)
-    kwargs.update(class_kwargs(pipe, args))
+    kwargs.update(guidance_kwargs(pipe, args))  # --classifier (on an unconditional run: with the labels)
+    if "class_labels" not in kwargs:
+        kwargs.update(class_kwargs(pipe, args))
     n = kwargs.pop("n", args.n)
     written = write_samples(pipe, n, out=args.out, gif=args.gif, progression=args.progression,
                             save_dir=args.save_dir, batch_size=args.batch_size,
@@ -129,9 +132,12 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from difflab.cli.classifier import add_guidance_args
+
     p = sub.add_parser("sample", help="sample images from a trained run")
     p.add_argument("run", type=Path, help="run folder written by `difflab train`")
     add_sample_args(p)
+    add_guidance_args(p)
     p.add_argument("--out", type=Path, default=Path("samples.png"),
                    help=with_default("grid image", "samples.png"))
     p.add_argument("--gif", type=Path, help="also write a denoising GIF")
