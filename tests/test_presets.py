@@ -199,6 +199,21 @@ def _code_default(command, action):
         return TrainConfig.default(_RUN_FIELDS[action.dest])
     if command == "demo" and action.dest == "steps":
         return TrainConfig.default("steps")
+    if command == "train-classifier":
+        from dataclasses import fields
+
+        from difflab.classifier_run import ClassifierTrainConfig
+
+        if action.dest == "data":
+            return ClassifierTrainConfig.default("data").source
+        if action.dest in {f.name for f in fields(ClassifierTrainConfig)}:
+            return ClassifierTrainConfig.default(action.dest)
+    if command == "sample" and action.dest == "classifier_scale":
+        import inspect
+
+        from difflab.pipeline import Pipeline
+
+        return inspect.signature(Pipeline.sample).parameters["classifier_scale"].default
     return None
 
 

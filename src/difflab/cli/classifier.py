@@ -66,8 +66,8 @@ def add_guidance_args(p: argparse.ArgumentParser) -> None:
                    "run towards --class; works on unconditional runs (the classes are the classifier's) and "
                    "composes with --guidance on class-conditional ones")
     p.add_argument("--classifier-scale", type=non_negative_float,
-                   help="classifier scale s: 0 = unguided, 1 = p(x|y) with an exact classifier, > 1 stronger "
-                   "(default: 1)")
+                   help=with_default("classifier scale s: 0 = unguided, 1 = p(x|y) with an exact classifier, "
+                                     "> 1 stronger", 1.0))
 
 
 def guidance_kwargs(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
