@@ -38,7 +38,9 @@ WEIGHTS = "model.safetensors"
 class ClassifierTrainConfig(Config):
     """A classifier run (``difflab train-classifier``): cross-entropy on x_t at uniformly drawn
     timesteps t of the schedule ``schedule``/``T``/``zero_terminal_snr`` (Dhariwal & Nichol 2021,
-    sec. 4.1), AdamW with a linear warm-up and a cosine decay to 10%.
+    sec. 4.1), AdamW with a linear warm-up and a cosine decay to 10%. The default 1,500 steps of 64
+    take the MNIST classifier to 98% held-out accuracy at t = 0 and 94% at alpha_bar = 0.4 (about
+    10 minutes on one loaded CPU core; benchmarks/README.md).
 
     ``holdout`` is the share of the images split off (by a permutation seeded with ``seed``) for
     the accuracy-vs-t table, measured at ``eval_timesteps`` timesteps evenly spread over [0, T)
@@ -51,7 +53,7 @@ class ClassifierTrainConfig(Config):
     schedule: Literal["linear", "scaled_linear", "cosine", "sigmoid"] = "cosine"
     T: int = 1000
     zero_terminal_snr: bool = False
-    steps: int = 1000
+    steps: int = 1500
     epochs: float | None = None
     batch_size: int = 64
     lr: float = 1e-3
