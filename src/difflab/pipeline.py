@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from difflab.conditioning import ClassCondition
+from difflab.conditioning.text import TextCondition, TextConfig, as_prompts
 from difflab.config import check_choice
 from difflab.device import resolve_device
 from difflab.guidance import CFGModel, Guidance
@@ -92,6 +94,8 @@ class Pipeline:
         sigmas: str | None = None,
         discrete: bool | None = None,
         class_labels: Sequence[int] | Tensor | None = None,
+        prompts: str | Sequence[str] | None = None,
+        negative_prompts: str | Sequence[str] | None = None,
         guidance: float | Guidance | None = None,
         seeds: Sequence[int] | None = None,
         callback: StepCallback | None = None,
@@ -106,6 +110,10 @@ class Pipeline:
         ``guidance``: a scale w, or a :class:`~difflab.guidance.Guidance` with rescale and
         interval (default: the run's ``sample_guidance``; 0 = unconditional, 1 = conditional
         without guidance). Without labels a class-conditional model samples unconditionally.
+
+        ``prompts`` (a string for every image, or one per image) condition a text-conditional run
+        (``--cond text``), guided the same way away from the encoded empty prompt, or from
+        ``negative_prompts``; the empty prompt (and no prompts) samples unconditionally.
 
         ``classifier`` (a :class:`~difflab.classifier_run.Classifier` or its run folder, trained on
         this run's schedule and image size) guides towards ``class_labels`` with scale
@@ -139,6 +147,7 @@ class Pipeline:
             discrete = isinstance(self.net, MyUNet)
         if classifier is not None:
             classifier = self._classifier(classifier)
+        texts = self._texts(n, prompts, negative_prompts, class_labels, classifier)
         labels = self._labels(n, class_labels, classifier)
         guide = self._guidance(guidance)
         if seeds is not None and len(seeds) != n:
@@ -150,7 +159,8 @@ class Pipeline:
             gens = generators_from_seeds([all_seeds[i] for i in idx])
             x_T = torch.stack([torch.randn(self.image_shape, generator=g) for g in gens]).to(self.device)
             batch_labels = None if labels is None else labels[idx.start : idx.stop]
-            model, cond = self._conditioned(batch_labels if self.num_classes else None, guide)
+            model, cond = self._conditioned(batch_labels if self.num_classes else None, guide,
+                                            None if texts is None else texts[idx.start : idx.stop])
             if classifier is not None:
                 model = classifier.guide(model, batch_labels, classifier_scale, schedule=self.schedule,
                                          prediction=self.config.prediction, sampler=sampler, steps=steps,
@@ -219,9 +229,41 @@ class Pipeline:
             return guidance
         return Guidance(self.config.sample_guidance if guidance is None else float(guidance))
 
-    def _conditioned(self, labels: Tensor | None, guide: Guidance) -> tuple[Any, dict[str, Any] | None]:
+    @property
+    def is_text(self) -> bool:
+        return self.config.cond == "text"
+
+    @functools.cached_property
+    def text_condition(self) -> TextCondition:
+        """The run's frozen text encoder (loaded on first use) as network inputs."""
+        return TextCondition.from_config(self.config.text or TextConfig())
+
+    def _texts(self, n: int, prompts: str | Sequence[str] | None, negatives: str | Sequence[str] | None,
+               class_labels: Any, classifier: Any) -> list[tuple[str, str]] | None:
+        """(prompt, negative prompt) per image of a text run ("" = the null condition)."""
+        if not self.is_text:
+            if prompts is not None or negatives is not None:
+                raise ValueError(f"this run was not trained with text (its cond is {self.config.cond!r}; "
+                                 "train with --cond text); sample it without prompts")
+            return None
+        if class_labels is not None and classifier is None:
+            raise ValueError("this run is conditioned on text (--cond text): give prompts (--prompt), "
+                             "not class labels")
+        pos = as_prompts("" if prompts is None else prompts, n)
+        neg = as_prompts("" if negatives is None else negatives, n, "negative prompts")
+        return list(zip(pos, neg, strict=True))
+
+    def _conditioned(self, labels: Tensor | None, guide: Guidance, texts: list[tuple[str, str]] | None = None
+                     ) -> tuple[Any, dict[str, Any] | None]:
         """The model to sample (the network, or the network under classifier-free guidance) and the
         conditioning of one batch."""
+        if texts is not None:
+            text = self.text_condition
+            prompts, negatives = zip(*texts, strict=True)
+            cond = text.cond(prompts, self.device)
+            if not any(prompts) and not any(negatives):  # unconditional: nothing to guide
+                return self.net, cond
+            return CFGModel(self.net, guide, text.negative(negatives, self.device), self.schedule), cond
         if labels is None:
             return self.net, None
         classes = ClassCondition(self.num_classes)
@@ -262,6 +304,13 @@ class Pipeline:
 def load(run: str | Path, device: str = "auto", weights: str | None = None) -> Pipeline:
     """Load a trained run folder as a :class:`Pipeline` (``weights``: ``"last"`` or ``"best"``)."""
     return Pipeline.load(run, device, weights)
+
+
+def prompt_rows(prompts: Sequence[str], per_prompt: int, seed: int = 0) -> dict[str, Any]:
+    """Arguments of :meth:`Pipeline.sample` for a grid with one row per prompt, the seeds
+    ``seed..seed+per_prompt-1`` in every row (as :func:`class_rows`)."""
+    return {"n": len(prompts) * per_prompt, "prompts": [p for p in prompts for _ in range(per_prompt)],
+            "seeds": [seed + i for _ in prompts for i in range(per_prompt)], "nrow": per_prompt}
 
 
 def class_rows(pipe: Pipeline, classes: Sequence[int], per_class: int, seed: int = 0) -> dict[str, Any]:

@@ -50,7 +50,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         batch_size=args.sample_batch_size, device=args.device, data=args.data, real_n=args.real_n,
         features=args.features, bpd_n=args.bpd_n, bpd_timesteps=args.bpd_timesteps,
         inception_weights=args.inception_weights, allow_download=args.download, cache=not args.no_cache,
-        progress=not args.no_progress, log=note,
+        progress=not args.no_progress, log=note, prompt_file=args.prompt_file, guidance=args.guidance,
     )
     print(report.table())
     if args.json:
@@ -84,6 +84,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bpd-n", type=positive_int, default=256, help="real images scored by bpd")
     p.add_argument("--bpd-timesteps", type=positive_int, default=50, help="strata of the bpd estimate")
     p.add_argument("--no-cache", action="store_true", help="recompute the real-data features")
+    p.add_argument("--prompt-file", type=Path,
+                   help="prompt-agreement: prompts to score, one per line, each naming one digit (default: "
+                   "the held-out caption templates x classes)")
+    p.add_argument("--guidance", type=float,
+                   help="prompt-agreement: classifier-free guidance scale (default: the run's)")
     p.add_argument("--no-progress", action="store_true")
     add_extractor_args(p)
     p.set_defaults(func=cmd_eval)

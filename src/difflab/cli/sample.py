@@ -58,6 +58,13 @@ def add_sample_args(p: argparse.ArgumentParser) -> None:
                    help="class-conditional runs: a class number or name (--class 7, --class sneaker) for "
                    "every image, or several (--class 1,4,7, --class all): a grid with one row of --n "
                    "images per class, the same seeds in every row")
+    p.add_argument("--prompt",
+                   help='text-conditional runs: the prompt of every image ("" = unconditional)')
+    p.add_argument("--prompt-file", type=Path,
+                   help="text-conditional runs: one prompt per line; a grid with one row of --n images per "
+                   "prompt, the same seeds in every row")
+    p.add_argument("--negative-prompt",
+                   help="text-conditional runs: guide away from this prompt instead of the empty one")
     p.add_argument("--guidance", type=non_negative_float,
                    help="classifier-free guidance scale w: 0 = unconditional, 1 = conditional, > 1 stronger "
                    + _run_default("guidance", "sample_guidance"))
@@ -97,21 +104,58 @@ def class_kwargs(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
     """``--class`` and ``--guidance*``: one class for every image, or a grid with one row per
     class, guided with the run's scale unless ``--guidance`` says otherwise."""
     from difflab.conditioning import parse_classes
-    from difflab.guidance import Guidance
     from difflab.pipeline import class_rows
 
     if args.classes is None:
-        if args.guidance is not None:
-            raise ValueError("--guidance needs a condition to guide towards: give --class")
+        if args.guidance is not None and not _prompted(args):
+            raise ValueError("--guidance needs a condition to guide towards: give --class or --prompt")
         return {}
     classes = parse_classes(args.classes, pipe.num_classes, pipe.class_names)
-    scale = pipe.config.sample_guidance if args.guidance is None else args.guidance
-    interval = tuple(args.guidance_interval) if args.guidance_interval else None
-    out: dict[str, Any] = {"guidance": Guidance(scale, args.guidance_rescale, interval,
-                                                not args.guidance_sequential)}
+    out: dict[str, Any] = {"guidance": guidance_of(pipe, args)}
     if len(classes) == 1 and args.classes.strip().lower() != "all":
         return {**out, "class_labels": classes * args.n}
     return {**out, **class_rows(pipe, classes, args.n, args.seed)}
+
+
+def guidance_of(pipe: Any, args: argparse.Namespace) -> Any:
+    """The classifier-free guidance ``--guidance*`` ask for (scale: the run's unless given)."""
+    from difflab.guidance import Guidance
+
+    scale = pipe.config.sample_guidance if args.guidance is None else args.guidance
+    interval = tuple(args.guidance_interval) if args.guidance_interval else None
+    return Guidance(scale, args.guidance_rescale, interval, not args.guidance_sequential)
+
+
+def _prompted(args: argparse.Namespace) -> bool:
+    return any(getattr(args, a, None) is not None for a in ("prompt", "prompt_file", "negative_prompt"))
+
+
+def prompt_kwargs(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """``--prompt``, ``--prompt-file`` and ``--negative-prompt`` of a text-conditional run: one
+    prompt for every image, or a grid with one row per prompt of the file."""
+    from difflab.conditioning.text import read_prompt_file
+    from difflab.pipeline import prompt_rows
+
+    if not pipe.is_text:
+        if _prompted(args):
+            hint = "use --class" if pipe.config.cond == "class" else "sample it without prompts"
+            raise ValueError(f"--prompt needs a run trained with text (difflab train --cond text); "
+                             f"{args.run} was trained with --cond {pipe.config.cond}: {hint}")
+        return {}
+    if args.classes is not None and getattr(args, "classifier", None) is None:
+        raise ValueError(f"--class is for class-conditional runs; {args.run} is conditioned on text: "
+                         "use --prompt or --prompt-file")
+    if args.prompt is not None and args.prompt_file is not None:
+        raise ValueError("give --prompt or --prompt-file, not both")
+    out: dict[str, Any] = {"guidance": guidance_of(pipe, args)}
+    if args.negative_prompt is not None:
+        out["negative_prompts"] = args.negative_prompt
+    if args.prompt_file is not None:
+        rows = prompt_rows(read_prompt_file(args.prompt_file), args.n, args.seed)
+        if args.negative_prompt is not None:
+            out["negative_prompts"] = [args.negative_prompt] * rows["n"]
+        return {**out, **rows}
+    return {**out, "prompts": [args.prompt or ""] * args.n}
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -120,6 +164,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     kwargs = sample_kwargs(args)  # flags are checked before the run is loaded
     pipe = load(args.run, args.device, args.weights)
+    kwargs.update(prompt_kwargs(pipe, args))  # --prompt, --prompt-file on a text-conditional run
     kwargs.update(guidance_kwargs(pipe, args))  # --classifier (on an unconditional run: with the labels)
     if "class_labels" not in kwargs:
         kwargs.update(class_kwargs(pipe, args))

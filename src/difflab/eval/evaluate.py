@@ -22,8 +22,9 @@ from difflab.eval.features import FeatureExtractor, get_extractor
 from difflab.eval.stats import FeatureSet, StatsError, cached_features, extract
 
 METRICS: tuple[str, ...] = (
-    "fd-effnet", "fd-digit", "fd-inception", "kid", "precision-recall", "digit", "bpd",
+    "fd-effnet", "fd-digit", "fd-inception", "kid", "precision-recall", "digit", "bpd", "prompt-agreement",
 )
+_NO_SAMPLES = ("bpd", "prompt-agreement")  # metrics that do not score the unconditional samples
 _FD_EXTRACTOR = {"fd-effnet": "effnet-lite0", "fd-digit": "digit", "fd-inception": "inception"}
 DIGIT_SOURCES = ("mnist", "mnist-idx", "digits")
 
@@ -124,12 +125,16 @@ def evaluate(
     cache: bool = True,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    prompt_file: str | Path | None = None,
+    guidance: float | None = None,
 ) -> EvalReport:
     """Generate ``n`` samples of ``run`` (seeds ``seed..seed+n-1``; class-conditional runs cycle
     through the classes) and compute ``metrics`` against the run's training data (or ``data``, a
     data spec such as ``mnist`` or ``folder:PATH``). ``features`` is the extractor of KID and
     precision/recall. ``bpd`` scores ``bpd_n`` real images with the stratified variational bound
-    (``bpd_timesteps`` strata)."""
+    (``bpd_timesteps`` strata). ``prompt-agreement`` (text runs on digit data) samples ``n`` more
+    images for the held-out prompts (or ``prompt_file``) at ``guidance`` (the run's scale unless
+    given), see :mod:`difflab.eval.prompts`."""
     from tqdm.auto import tqdm
 
     from difflab.data import load_dataset, parse_data_spec
@@ -140,6 +145,9 @@ def evaluate(
     data_cfg = parse_data_spec(data, image_size=cfg.data.image_size, channels=cfg.data.channels) if data \
         else cfg.data
     chosen = parse_metrics(metrics) if metrics else default_metrics(data_cfg.source, pipe.image_shape[0])
+    if not metrics and cfg.cond == "text" and "digit" in chosen:
+        chosen = (*chosen, "prompt-agreement")
+    need_samples = any(m not in _NO_SAMPLES for m in chosen)
     if n < 2:
         raise ValueError(f"--n must be at least 2 samples, got {n}")
     sampler = sampler or cfg.sample_sampler
@@ -152,13 +160,13 @@ def evaluate(
     labels = torch.arange(n) % num_classes if num_classes else None
     chunks = []
     with tqdm(total=n, desc="sampling", unit="img", disable=not progress, dynamic_ncols=True) as bar:
-        for start in range(0, n, batch_size):
+        for start in range(0, n if need_samples else 0, batch_size):
             stop = min(n, start + batch_size)
             chunks.append(pipe.sample(stop - start, sampler=sampler, steps=steps, seed=seed + start,
                                       batch_size=batch_size,
                                       class_labels=None if labels is None else labels[start:stop]))
             bar.update(stop - start)
-    fake = torch.cat(chunks)
+    fake = torch.cat(chunks) if chunks else torch.empty(0, *pipe.image_shape)
     report.seconds["sampling"] = time.perf_counter() - t0
 
     dataset = load_dataset(data_cfg)
@@ -204,6 +212,10 @@ def evaluate(
             report.scores.append(Score(f"recall-{tag}", rec, note="k=3"))
         elif metric == "digit":
             report.scores.extend(_digit_scores(fake, labels, extractors("digit")))
+        elif metric == "prompt-agreement":
+            report.scores.append(_prompt_agreement(pipe, n, data_cfg, extractors, prompt_file, guidance,
+                                                   sampler=sampler, steps=steps, seed=seed,
+                                                   batch_size=batch_size, progress=progress))
         elif metric == "bpd":
             t = time.perf_counter()
             report.scores.append(_bpd(pipe, dataset, bpd_n, bpd_timesteps, seed,
@@ -211,6 +223,23 @@ def evaluate(
             report.seconds["bpd"] = time.perf_counter() - t
     report.seconds["total"] = time.perf_counter() - t0
     return report
+
+
+def _prompt_agreement(pipe, n: int, data_cfg, extractors: _Extractors, prompt_file: str | Path | None,
+                      guidance: float | None, *, progress: bool, **sample_kwargs) -> Score:
+    from tqdm.auto import tqdm
+
+    from difflab.eval.prompts import prompt_agreement
+
+    if data_cfg.source not in DIGIT_SOURCES or pipe.image_shape[0] != 1:
+        raise ValueError(f"prompt-agreement-digit needs digit data ({', '.join(DIGIT_SOURCES)}): there is "
+                         f"no classifier for {data_cfg.source}")
+    digit = extractors("digit")
+    with tqdm(total=n, desc="prompted sampling", unit="img", disable=not progress, dynamic_ncols=True) as bar:
+        result = prompt_agreement(pipe, digit.probs, n=n, prompt_file=prompt_file, guidance=guidance,
+                                  progress=bar.update, **sample_kwargs)
+    return Score("prompt-agreement-digit", result.share, result.stderr,
+                 note=f"classifier finds the digit the prompt names; {result.note}")
 
 
 def _real_subset(dataset, real_n: int | None) -> Tensor:
@@ -248,6 +277,8 @@ def _bpd(pipe, dataset, n: int, timesteps: int, seed: int, held_out: bool, batch
     for part in idx.split(batch_size):
         x0, y = dataset.batch(part, device=pipe.device, flip=False)
         cond = {"class_labels": y} if y is not None and getattr(pipe.net, "num_classes", 0) else None
+        if pipe.is_text:  # the unconditional bound: the null condition (the encoded empty prompt)
+            cond = pipe.text_condition.null(len(x0), pipe.device)
         values.append(bits_per_dim(den, x0, generator=gen, timesteps=timesteps, cond=cond).cpu())
     v = torch.cat(values).double()
     where = "held-out data" if held_out else "training data (pass --data for held-out images)"
