@@ -51,6 +51,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         features=args.features, bpd_n=args.bpd_n, bpd_timesteps=args.bpd_timesteps,
         inception_weights=args.inception_weights, allow_download=args.download, cache=not args.no_cache,
         progress=not args.no_progress, log=note, prompt_file=args.prompt_file, guidance=args.guidance,
+        clip_weights=args.clip_weights,
     )
     print(report.table())
     if args.json:
@@ -88,7 +89,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="prompt-agreement: prompts to score, one per line, each naming one digit (default: "
                    "the held-out caption templates x classes)")
     p.add_argument("--guidance", type=float,
-                   help="prompt-agreement: classifier-free guidance scale (default: the run's)")
+                   help="prompt-agreement and clip-score: classifier-free guidance scale (default: the "
+                   "run's)")
+    p.add_argument("--clip-weights", type=Path,
+                   help="clip-score: a local CLIP model folder (CLIPModel.save_pretrained with its "
+                   "tokenizer, e.g. openai/clip-vit-base-patch32); nothing is downloaded")
     p.add_argument("--no-progress", action="store_true")
     add_extractor_args(p)
     p.set_defaults(func=cmd_eval)

@@ -23,8 +23,9 @@ from difflab.eval.stats import FeatureSet, StatsError, cached_features, extract
 
 METRICS: tuple[str, ...] = (
     "fd-effnet", "fd-digit", "fd-inception", "kid", "precision-recall", "digit", "bpd", "prompt-agreement",
+    "clip-score",
 )
-_NO_SAMPLES = ("bpd", "prompt-agreement")  # metrics that do not score the unconditional samples
+_NO_SAMPLES = ("bpd", "prompt-agreement", "clip-score")  # metrics that do not score the unconditional samples
 _FD_EXTRACTOR = {"fd-effnet": "effnet-lite0", "fd-digit": "digit", "fd-inception": "inception"}
 DIGIT_SOURCES = ("mnist", "mnist-idx", "digits")
 
@@ -127,6 +128,7 @@ def evaluate(
     log: Callable[[str], None] = print,
     prompt_file: str | Path | None = None,
     guidance: float | None = None,
+    clip_weights: str | Path | None = None,
 ) -> EvalReport:
     """Generate ``n`` samples of ``run`` (seeds ``seed..seed+n-1``; class-conditional runs cycle
     through the classes) and compute ``metrics`` against the run's training data (or ``data``, a
@@ -134,7 +136,9 @@ def evaluate(
     precision/recall. ``bpd`` scores ``bpd_n`` real images with the stratified variational bound
     (``bpd_timesteps`` strata). ``prompt-agreement`` (text runs on digit data) samples ``n`` more
     images for the held-out prompts (or ``prompt_file``) at ``guidance`` (the run's scale unless
-    given), see :mod:`difflab.eval.prompts`."""
+    given), see :mod:`difflab.eval.prompts`. ``clip-score`` (text runs) samples ``n`` images for the
+    same prompts and scores each against its prompt with the CLIP model in the folder
+    ``clip_weights``, see :mod:`difflab.eval.clip_score`."""
     from tqdm.auto import tqdm
 
     from difflab.data import load_dataset, parse_data_spec
@@ -150,6 +154,13 @@ def evaluate(
     need_samples = any(m not in _NO_SAMPLES for m in chosen)
     if n < 2:
         raise ValueError(f"--n must be at least 2 samples, got {n}")
+    if "clip-score" in chosen:
+        from difflab.eval.clip_score import score_prompts
+
+        if clip_weights is None:
+            raise ValueError("clip-score needs a CLIP model: pass --clip-weights DIR (a folder written by "
+                             "CLIPModel.save_pretrained, with its tokenizer)")
+        clip_prompts = score_prompts(pipe, prompt_file)
     sampler = sampler or cfg.sample_sampler
     steps = steps or (cfg.T if sampler == "ddpm" else cfg.sample_steps)
     report = EvalReport(str(run), n, sampler, steps, seed)
@@ -216,6 +227,10 @@ def evaluate(
             report.scores.append(_prompt_agreement(pipe, n, data_cfg, extractors, prompt_file, guidance,
                                                    sampler=sampler, steps=steps, seed=seed,
                                                    batch_size=batch_size, progress=progress))
+        elif metric == "clip-score":
+            report.scores.append(_clip_score(pipe, n, clip_weights, clip_prompts, guidance, sampler=sampler,
+                                             steps=steps, seed=seed, batch_size=batch_size,
+                                             progress=progress))
         elif metric == "bpd":
             t = time.perf_counter()
             report.scores.append(_bpd(pipe, dataset, bpd_n, bpd_timesteps, seed,
@@ -240,6 +255,23 @@ def _prompt_agreement(pipe, n: int, data_cfg, extractors: _Extractors, prompt_fi
                                   progress=bar.update, **sample_kwargs)
     return Score("prompt-agreement-digit", result.share, result.stderr,
                  note=f"classifier finds the digit the prompt names; {result.note}")
+
+
+def _clip_score(pipe, n: int, weights, prompts: tuple[list[str], str], guidance: float | None, *,
+                progress: bool, **sample_kwargs) -> Score:
+    from tqdm.auto import tqdm
+
+    from difflab.eval.clip_score import ClipScorer, prompted_samples
+
+    scorer = ClipScorer(weights, pipe.device)
+    scale = pipe.config.sample_guidance if guidance is None else guidance
+    with tqdm(total=n, desc="prompted sampling", unit="img", disable=not progress, dynamic_ncols=True) as bar:
+        images, assigned = prompted_samples(pipe, prompts[0], n, guidance=scale, progress=bar.update,
+                                            **sample_kwargs)
+    result = scorer.score(images, assigned)
+    return Score(result.label, result.value, result.stderr,
+                 note=f"100 max(cos, 0) (Hessel et al. 2021); {n} samples of {prompts[1]}, "
+                 f"guidance {scale:g}")
 
 
 def _real_subset(dataset, real_n: int | None) -> Tensor:
