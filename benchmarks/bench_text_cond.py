@@ -11,8 +11,8 @@ plus the share it is > 90% sure of.
 The budget is CPU time, so that other work on a shared machine does not shrink it: the run's
 ``steps`` are sized from the CPU seconds per step of a short probe (so the cosine LR decay
 completes), and the table gives both the CPU and the wall time the training took. The network is
-``default_net_config("unet", ..., context_dim=384)``; ``--attention 7`` keeps attention (self and
-cross) only at 7x7 and in the middle.
+``default_net_config("unet", ..., context_dim=384)`` (attention, self and cross, at 7x7 and in the
+middle); ``--attention 14 7`` adds the 14x14 level.
 
 Goal (exit status 1 when missed; not enforced with ``--quick``): prompt-agreement-digit >=
 ``--goal`` (0.95) at some guidance scale.
@@ -68,7 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=15.0, help="training time (CPU minutes)")
     parser.add_argument("--attention", type=int, nargs="*",
-                        help="feature-map sizes with attention (default: the default net's, 14 7)")
+                        help="feature-map sizes with attention (default: the default net's, 7)")
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 3.0, 5.0])
     parser.add_argument("--per-prompt", type=int, default=2, help="samples per held-out prompt and scale")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps of the scored samples")

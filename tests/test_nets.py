@@ -776,8 +776,10 @@ def test_registry():
     cfg = default_net_config("unet", in_channels=1, image_size=28, num_classes=10, context_dim=16)
     net = build_net(cfg)
     assert (net.num_classes, net.context_dim, net.image_size) == (10, 16, 28)
-    assert cfg.attention_resolutions == (14, 7)
+    assert cfg.attention_resolutions == (7,)
     assert default_net_config("unet", in_channels=1, image_size=28).attention_resolutions == ()
+    big = default_net_config("unet", in_channels=3, image_size=64, context_dim=16)
+    assert big.attention_resolutions == (16, 8)
     cfg = default_net_config("diffusers-unet", in_channels=3, image_size=32, num_classes=10)
     assert cfg.num_class_embeds == 11
     assert default_net_config("myunet", in_channels=1, image_size=28, n_steps=200).n_steps == 200

@@ -167,10 +167,10 @@ def test_a_preset_run_samples_with_its_notes_sampler_by_default(tmp_path):
                                                 clip_x0=False))
 
 
-def test_diffusers_cond_unet_is_refused_until_text_conditioning_exists(tmp_path):
+def test_diffusers_cond_unet_is_refused_with_what_to_use_instead(tmp_path):
     r = subprocess.run([sys.executable, "-m", "difflab", "train", "--net", "diffusers-cond-unet", "--out",
                         tmp_path / "x"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "text conditioning is not built yet" in r.stderr
+    assert r.returncode == 2 and "use --net unet with --cond text" in r.stderr
     assert r.stderr.count("\n") == 1
 
 

@@ -156,10 +156,10 @@ def test_a_prompt_padded_to_any_length_gives_the_same_unet_output(encoder):
     assert torch.equal(net(x, t, context=torch.zeros(1, 4, 384)), net(x, t))  # all padding = no context
 
 
-def test_default_unet_for_text_cross_attends_at_14_and_7_and_in_the_middle():
+def test_default_unet_for_text_cross_attends_at_7_and_in_the_middle():
     cfg = default_net_config("unet", in_channels=1, image_size=28, context_dim=384)
     assert cfg.context_dim == 384 and cfg.level_sizes() == (28, 14, 7)
-    assert cfg.attention_resolutions == (14, 7) and cfg.mid_attention
+    assert cfg.attention_resolutions == (7,) and cfg.mid_attention
 
 
 # ---- captions ---------------------------------------------------------------------------------

@@ -141,9 +141,9 @@ class TrainConfig(Config):
         if self.sample_mix_offset < 0:
             raise ValueError(f"sample_mix_offset must be >= 0, got {self.sample_mix_offset}")
         if self.net_kind == "diffusers-cond-unet" and self.net is None:
-            raise ValueError("diffusers-cond-unet needs a text context to cross-attend to, and text "
-                             "conditioning is not built yet; use --net diffusers-unet (it takes "
-                             "--class-cond) or --net unet")
+            raise ValueError("diffusers-cond-unet cannot be trained from difflab yet: its cross-attention "
+                             "does not mask padded prompt tokens; use --net unet with --cond text "
+                             "(or --net diffusers-unet with --cond class)")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0 (0 = off), got {self.eval_every}")
         if self.lr <= 0:
