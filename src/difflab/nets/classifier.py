@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from difflab.config import Config
 from difflab.nets.base import check_image, check_timesteps
-from difflab.nets.blocks import Attention, Downsample, ResBlock, group_norm, timestep_embedding, zero_init
-from difflab.nets.unet import UNetConfig, _run
+from difflab.nets.blocks import Attention, ResBlock, group_norm, timestep_embedding, zero_init
+from difflab.nets.unet import UNetConfig, _run, down_path
 
 
 @dataclass(frozen=True)
@@ -96,18 +96,9 @@ class NoisyClassifier(nn.Module):
         def attn(channels: int) -> Attention:
             return Attention(channels, c.num_heads, c.groups)
 
-        attn_levels = trunk.attention_levels()
         self.conv_in = nn.Conv2d(c.in_channels, ch, 3, padding=1)
-        self.down = nn.ModuleList()
-        for level, mult in enumerate(c.channel_mult):
-            for _ in range(c.num_res_blocks):
-                layer = nn.ModuleList([res(ch, c.base_channels * mult)])
-                ch = c.base_channels * mult
-                if level in attn_levels:
-                    layer.append(attn(ch))
-                self.down.append(layer)
-            if level < len(c.channel_mult) - 1:
-                self.down.append(nn.ModuleList([Downsample(ch)]))
+        self.down, widths = down_path(trunk, res, attn)
+        ch = widths[-1]
         self.mid = nn.ModuleList([res(ch, ch), *([attn(ch)] if c.mid_attention else []), res(ch, ch)])
         self.norm_out = group_norm(ch, c.groups)
         self.head = zero_init(nn.Linear(ch, c.num_classes))

@@ -31,6 +31,7 @@ feature-map sizes of that padded input, so they need ``image_size``; a network b
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -121,6 +122,28 @@ class UNetConfig(Config):
         return tuple(i for i, s in enumerate(self.level_sizes()) if s in self.attention_resolutions)
 
 
+def down_path(c: UNetConfig, res: Callable[[int, int], nn.Module], attn: Callable[[int], nn.Module]
+              ) -> tuple[nn.ModuleList, list[int]]:
+    """The encoder half, shared by the UNet and the noise-aware classifier: per level
+    ``num_res_blocks`` res blocks (each followed by attention at the attention levels), and a
+    downsampling between levels. Returns the modules and the channels after each of them (the
+    widths of the UNet's skip connections)."""
+    ch, attn_levels = c.base_channels, c.attention_levels()
+    down, widths = nn.ModuleList(), []
+    for level, mult in enumerate(c.channel_mult):
+        for _ in range(c.num_res_blocks):
+            layer = nn.ModuleList([res(ch, c.base_channels * mult)])
+            ch = c.base_channels * mult
+            if level in attn_levels:
+                layer.append(attn(ch))
+            down.append(layer)
+            widths.append(ch)
+        if level < len(c.channel_mult) - 1:
+            down.append(nn.ModuleList([Downsample(ch)]))
+            widths.append(ch)
+    return down, widths
+
+
 class UNet(nn.Module):
     """The modern UNet (see the module docstring); ``UNet(UNetConfig(...))``."""
 
@@ -142,21 +165,11 @@ class UNet(nn.Module):
         def attn(channels: int) -> Attention:
             return Attention(channels, c.num_heads, c.groups, c.context_dim)
 
-        levels, attn_levels = len(c.channel_mult), c.attention_levels()
+        attn_levels = c.attention_levels()
         self.conv_in = nn.Conv2d(c.in_channels, ch, 3, padding=1)
-        self.down = nn.ModuleList()
-        skips = [ch]
-        for level, mult in enumerate(c.channel_mult):
-            for _ in range(c.num_res_blocks):
-                layer = nn.ModuleList([res(ch, c.base_channels * mult)])
-                ch = c.base_channels * mult
-                if level in attn_levels:
-                    layer.append(attn(ch))
-                self.down.append(layer)
-                skips.append(ch)
-            if level < levels - 1:
-                self.down.append(nn.ModuleList([Downsample(ch)]))
-                skips.append(ch)
+        self.down, widths = down_path(c, res, attn)
+        skips = [ch, *widths]
+        ch = widths[-1]
         self.mid = nn.ModuleList(
             [res(ch, ch), *([attn(ch)] if c.mid_attention else []), res(ch, ch)]
         )
