@@ -55,6 +55,13 @@ def _seed003_net(blocks: tuple[int, ...], attention_levels: int, channels: int) 
 _SEED003_DATA_NOTE = ("the note trains on CIFAR-10 (downloaded by torchvision) or an ImageFolder; "
                       "give --data cifar10:PATH (the python batches) or folder:PATH")
 
+# Sec. 2.1's DDPM recipe, shared by the section's two networks (seed003, seed003-full).
+_SEED003_RECIPE: dict[str, Any] = {
+    "net_kind": "diffusers-unet", "schedule": "cosine", "T": 1000, "optimizer": "adamw", "lr": 4e-4,
+    "weight_decay": 0.01, "batch_size": 32, "epochs": 10, "sample_sampler": "ddpm", "sample_steps": 1000,
+    "sample_variance": "beta_tilde", "sample_clip": True,
+}
+
 PROGRAMS: dict[str, NoteProgram] = {
     "seed000": NoteProgram(
         name="seed000",
@@ -107,9 +114,7 @@ PROGRAMS: dict[str, NoteProgram] = {
         summary="DDPM with diffusers' UNet2DModel (64, 64, 128; attention in the last down block), "
         "32x32 images, squaredcos_cap_v2 (cosine) with 1000 steps, MSE on eps, AdamW 4e-4, batch 32, "
         "10 epochs; DDPMScheduler's sampling: 1000 steps, beta-tilde variance, x_0 clipped",
-        recipe={"schedule": "cosine", "T": 1000, "optimizer": "adamw", "lr": 4e-4, "weight_decay": 0.01,
-                "batch_size": 32, "epochs": 10, "sample_sampler": "ddpm", "sample_steps": 1000,
-                "sample_variance": "beta_tilde", "sample_clip": True, "net_kind": "diffusers-unet"},
+        recipe=_SEED003_RECIPE,
         default_data=None,
         deviations=(
             _SEED003_DATA_NOTE + "; --data mnist trains on MNIST resized to 32x32 (grey)",
@@ -123,9 +128,7 @@ PROGRAMS: dict[str, NoteProgram] = {
         note="003 sec. 2.1.8",
         summary="the one-click script: UNet2DModel (64, 128, 128, 256; attention in the last two down "
         "blocks), random flips, otherwise as seed003",
-        recipe={"schedule": "cosine", "T": 1000, "optimizer": "adamw", "lr": 4e-4, "weight_decay": 0.01,
-                "batch_size": 32, "epochs": 10, "sample_sampler": "ddpm", "sample_steps": 1000,
-                "sample_variance": "beta_tilde", "sample_clip": True, "net_kind": "diffusers-unet"},
+        recipe=_SEED003_RECIPE,
         default_data=None,
         deviations=(
             _SEED003_DATA_NOTE,
