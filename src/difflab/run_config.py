@@ -11,6 +11,7 @@ from typing import Any, Literal, Self
 from difflab.conditioning.text import TextConfig
 from difflab.config import Config, check_choice
 from difflab.data import DataConfig
+from difflab.nets import NetShape
 from difflab.schedules import NoiseSchedule
 
 # Fields that may change when resuming: they do not change what the finished steps computed.
@@ -40,7 +41,8 @@ RESUMABLE_CHANGES = (
 @dataclass(frozen=True)
 class TrainConfig(Config):
     """A training run. ``net`` is a network config (see :mod:`difflab.nets`); None resolves to
-    the default network for ``net_kind`` at the data's size. ``objective="corrupt"`` is seed 003's
+    the default network for ``net_kind`` at the data's size, shaped by ``net_shape`` (width,
+    levels, depth, attention) where given. ``objective="corrupt"`` is seed 003's
     first model instead of a diffusion: the net predicts x_0 from ``corrupt(x, amount)``, a linear
     mix with uniform noise, and samples with the notes' mixing sampler.
 
@@ -51,7 +53,10 @@ class TrainConfig(Config):
     schedule (benchmarks/README.md).
 
     Length: ``steps`` optimizer steps, or with ``epochs`` set, ``ceil(epochs * N / batch_size)``
-    steps for N images (resolved when the data is loaded and saved as ``steps``). ``keep_best``
+    steps for N images (resolved when the data is loaded and saved as ``steps``), or with
+    ``time_budget`` (seconds) as many steps as fit in that much training time here: measured
+    during the warm-up, then fixed and saved as ``steps``, so the learning rate decays over them
+    (:mod:`difflab.train.budget`). ``keep_best``
     also writes the EMA weights of the epoch with the lowest mean loss to ``best.safetensors``
     (seed 000 keeps its best-loss model), and sampling then uses them.
 
@@ -69,6 +74,7 @@ class TrainConfig(Config):
     data: DataConfig = field(default_factory=DataConfig)
     net_kind: str = "unet"
     net: Any = None
+    net_shape: NetShape | None = None
     schedule: Literal["linear", "scaled_linear", "cosine", "sigmoid"] = "cosine"
     T: int = 1000
     zero_terminal_snr: bool = False
@@ -79,6 +85,7 @@ class TrainConfig(Config):
     snr_gamma: float = 5.0
     steps: int = 1500
     epochs: float | None = None
+    time_budget: float | None = None
     batch_size: int = 32
     optimizer: Literal["adamw", "adam"] = "adamw"
     lr: float = 2e-3
@@ -136,6 +143,13 @@ class TrainConfig(Config):
         ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ValueError(f"time_budget must be a positive number of seconds, got {self.time_budget}")
+        if self.time_budget is not None and self.epochs is not None:
+            raise ValueError("give the length as epochs or as a time budget, not both")
+        if self.net_shape is not None and self.net_kind != "unet":
+            raise ValueError(f"--base-channels, --channel-mult, --res-blocks and --attention-res shape --net "
+                             f"unet, not {self.net_kind}; for {self.net_kind} pass --net-config FILE.json")
         if self.epochs is not None and not self.epochs > 0:
             raise ValueError(f"epochs must be positive (or None to count steps), got {self.epochs}")
         if self.sample_mix_offset < 0:

@@ -44,3 +44,27 @@ def with_default(text: str, value: Any) -> str:
     """``text`` followed by the default the code uses, e.g. ``"optimizer steps (default: 1500)"``."""
     shown = "on" if value is True else "off" if value is False else value
     return f"{text} (default: {shown})"
+
+
+def duration(text: str) -> float:
+    """Seconds in ``600``, ``90s``, ``10m``, ``1.5h`` or ``1h30m``."""
+    from difflab.train.budget import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """``"1,2,4"`` -> ``(1, 2, 4)``; ``"none"`` -> ``()``."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas (e.g. 1,2,4), "
+                                         f"got {text!r}") from None
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return values

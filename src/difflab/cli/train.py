@@ -6,7 +6,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from difflab.cli.args import non_negative_float, positive_float, positive_int, with_default
+from difflab.cli.args import (
+    duration,
+    int_list,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    with_default,
+)
+from difflab.nets import NetShape
 from difflab.run_config import TrainConfig
 
 # Command-line flag -> TrainConfig field, for the flags that set a field directly.
@@ -16,7 +24,11 @@ FIELDS = {
     "loss": "loss", "weighting": "weighting", "ema_decay": "ema_decay",
     "checkpoint_every": "checkpoint_every", "sample_every": "sample_every", "eval_every": "eval_every",
     "eval_n": "eval_n", "device": "device", "cond": "cond", "cond_drop": "cond_drop",
+    "time_budget": "time_budget",
 }
+# Command-line flag -> NetShape field (the default UNet's shape).
+SHAPE = {"base_channels": "base_channels", "channel_mult": "channel_mult", "res_blocks": "num_res_blocks",
+         "attention_res": "attention_resolutions"}
 SWITCHES = {"compile": "compile", "keep_best": "keep_best"}
 
 
@@ -40,6 +52,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, help=_config_help("optimizer steps", "steps"))
     p.add_argument("--epochs", type=positive_float,
                    help="train this many passes over the data instead of --steps (the notes count epochs)")
+    p.add_argument("--time-budget", type=duration, metavar="DURATION",
+                   help="train for this long instead of --steps (e.g. 10m, 90s, 1h30m): the step count is "
+                   "fitted to the speed measured in the warm-up, and the learning rate decays over it")
     p.add_argument("--batch-size", type=positive_int, help=_config_help("images per step", "batch_size"))
     p.add_argument("--lr", type=positive_float, help=_config_help("learning rate", "lr"))
     p.add_argument("--seed", type=int, help=_config_help("seed of everything random in training", "seed"))
@@ -54,6 +69,16 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loss", choices=TrainConfig.choices("loss"), help=_config_help("loss", "loss"))
     p.add_argument("--weighting", choices=TrainConfig.choices("weighting"),
                    help=_config_help("per-timestep loss weighting", "weighting"))
+    shape = p.add_argument_group("network shape (--net unet; default: base 16, mult 1,2,4, one res block, "
+                                 "no level attention at <= 32 px without a context)")
+    shape.add_argument("--base-channels", type=positive_int, help="channels of the first level")
+    shape.add_argument("--channel-mult", type=int_list, metavar="M1,M2,...",
+                       help="channel multiplier per level (one level per entry, halving the size)")
+    shape.add_argument("--res-blocks", type=positive_int, help="residual blocks per level")
+    shape.add_argument("--attention-res", type=int_list, metavar="S1,S2,...|none",
+                       help="feature-map sizes with self-attention, e.g. 7 or 14,7 for 28x28 data")
+    shape.add_argument("--net-config", type=Path, metavar="FILE.json",
+                       help="the whole network config as JSON, any --net kind (like config.json's 'net')")
     p.add_argument("--image-size", type=positive_int, help="resize the data to N x N")
     p.add_argument("--channels", type=int, choices=(1, 3), help="convert to grey (1) or RGB (3)")
     p.add_argument("--flip", action="store_true", help="random horizontal flips")
@@ -100,6 +125,15 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     overrides.update({field: getattr(args, arg) for arg, field in FIELDS.items()
                       if getattr(args, arg) is not None})
     overrides.update({field: True for arg, field in SWITCHES.items() if getattr(args, arg)})
+    shape = {field: getattr(args, arg) for arg, field in SHAPE.items() if getattr(args, arg) is not None}
+    if shape and args.net_config:
+        raise ValueError("--net-config gives the whole network; drop --base-channels, --channel-mult, "
+                         "--res-blocks and --attention-res, or edit the file")
+    if shape:
+        overrides["net_shape"] = NetShape(**shape)
+    if args.net_config:
+        overrides["net"] = read_net_config(args.net_config, args.net)
+        overrides["net_kind"] = overrides["net"].kind
     if args.objective == "corrupt" and not args.preset:
         overrides.update(prediction="x0", sample_sampler="mix")
         overrides.setdefault("net_kind", "basic-unet")
@@ -110,6 +144,29 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.small:
         raise ValueError("--small applies to a --preset")
     return TrainConfig(**overrides)
+
+
+def read_net_config(path: Path, kind: str | None) -> Any:
+    """A network config from a JSON file (``kind`` from the file, else ``--net``, else unet)."""
+    import json
+
+    from difflab.nets import net_config_from_dict
+
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--net-config: {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"--net-config: {path} is not a JSON file ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--net-config: {path} must hold a JSON object of network fields")
+    data.setdefault("kind", kind or "unet")
+    if kind is not None and data["kind"] != kind:
+        raise ValueError(f"--net-config: {path} describes a {data['kind']} network, but --net is {kind}")
+    try:
+        return net_config_from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"--net-config: {path}: {err}") from None
 
 
 def describe_preset(cfg: TrainConfig, small: bool) -> list[str]:
@@ -133,6 +190,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     if cfg.preset and not args.resume:
         for line in describe_preset(cfg, args.small):
             print(line, flush=True)
+    elif not args.resume:
+        from difflab.train.estimate import estimate
+
+        print(estimate(cfg).describe(), flush=True)
     result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     print(
         f"trained {result.steps} steps in {result.seconds:.0f} s ({result.images_per_s:.0f} images/s); "

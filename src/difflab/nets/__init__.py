@@ -16,11 +16,12 @@ UNets, seed 003).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from difflab.config import check_choice
+from difflab.config import Config, check_choice
 from difflab.nets.basic_unet import BasicUNet, BasicUNetConfig, corrupt, mixing_sample
 from difflab.nets.diffusers_nets import (
     SEED003_RECIPES,
@@ -112,23 +113,57 @@ def required_image_size(kind: str, size: int) -> int:
     return _round_up(size, 4)
 
 
-def _unet_default(in_channels: int, image_size: int, num_classes: int, context_dim: int
-                  ) -> UNetConfig:
+@dataclass(frozen=True)
+class NetShape(Config):
+    """The shape of the default UNet, as ``difflab train --base-channels / --channel-mult /
+    --res-blocks / --attention-res`` set it; None keeps the default's choice. Attention
+    resolutions are feature-map sizes (28x28 data has levels 28, 14, 7 with ``channel_mult`` of
+    three); left unset, they follow the default's rule for the chosen levels."""
+
+    base_channels: int | None = None
+    channel_mult: tuple[int, ...] | None = None
+    num_res_blocks: int | None = None
+    attention_resolutions: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("base_channels", "num_res_blocks"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        if self.channel_mult is not None and (not self.channel_mult or min(self.channel_mult) < 1):
+            raise ValueError(f"channel_mult must be positive integers, one per level, "
+                             f"got {self.channel_mult}")
+        if self.attention_resolutions is not None and any(r < 1 for r in self.attention_resolutions):
+            raise ValueError(f"attention resolutions are feature-map sizes >= 1, "
+                             f"got {self.attention_resolutions}")
+
+    def is_default(self) -> bool:
+        return all(v is None for v in self.to_dict().values())
+
+
+def _unet_default(in_channels: int, image_size: int, num_classes: int, context_dim: int,
+                  shape: NetShape | None = None) -> UNetConfig:
     """Small and fast on a CPU: base 16, one res block per level, levels (1, 2, 4, 4, ...) until
     the smallest map is <= 8, attention in the middle block, and level attention where it pays:
     none for images of 32 or less without a context (attention at 7x7 costs ~30% of a 28x28 step
     for no visible gain in the MNIST demo); with a context to cross-attend to, at the levels of 8x8
     and below for images of 32 or less (text-conditional MNIST after 15 CPU minutes: 100% prompt
     agreement at w = 3 against 95.8% with attention at 14x14 too, whose step costs 1.9x;
-    benchmarks/README.md); at 16x16 and below for larger images."""
+    benchmarks/README.md); at 16x16 and below for larger images. ``shape`` overrides any of
+    these choices."""
+    shape = shape or NetShape()
     mult = [1, 2, 4]
     while -(-image_size // 2 ** (len(mult) - 1)) > 8:
         mult.append(4)
     cfg = UNetConfig(
-        in_channels=in_channels, base_channels=16, channel_mult=tuple(mult), num_res_blocks=1,
+        in_channels=in_channels, base_channels=shape.base_channels or 16,
+        channel_mult=shape.channel_mult or tuple(mult), num_res_blocks=shape.num_res_blocks or 1,
         num_heads=4, groups=8, num_classes=num_classes, context_dim=context_dim,
         image_size=image_size,
     )
+    if shape.attention_resolutions is not None:
+        return cfg.replace(attention_resolutions=shape.attention_resolutions)
     if image_size <= 32 and not context_dim:
         return cfg
     largest = 8 if image_size <= 32 else 16
@@ -143,10 +178,15 @@ def default_net_config(
     num_classes: int = 0,
     context_dim: int = 0,
     n_steps: int = 1000,
+    shape: NetShape | None = None,
 ) -> NetConfig:
     """Sensible small CPU defaults per kind for ``in_channels``x``image_size``x``image_size``
-    data (already at :func:`required_image_size`). ``n_steps`` sizes MyUNet's timestep table."""
+    data (already at :func:`required_image_size`). ``n_steps`` sizes MyUNet's timestep table;
+    ``shape`` changes the default UNet's width, depth or attention (unet only)."""
     kind = _check_kind(kind)
+    if shape is not None and not shape.is_default() and kind != "unet":
+        raise ValueError(f"--base-channels, --channel-mult, --res-blocks and --attention-res shape "
+                         f"--net unet; for {kind} write its config to a file and pass --net-config FILE.json")
     need = required_image_size(kind, image_size)
     if need != image_size:
         raise ValueError(f"{kind} cannot take {image_size}x{image_size} images; resize the data "
@@ -161,7 +201,7 @@ def default_net_config(
     if kind == "basic-unet":
         return BasicUNetConfig(in_channels=in_channels, image_size=image_size)
     if kind == "unet":
-        return _unet_default(in_channels, image_size, num_classes, context_dim)
+        return _unet_default(in_channels, image_size, num_classes, context_dim, shape)
     embeds = num_classes + 1 if num_classes else None
     if kind == "diffusers-unet":
         if context_dim:
@@ -189,6 +229,7 @@ __all__ = [
     "MyUNet",
     "MyUNetConfig",
     "NetConfig",
+    "NetShape",
     "SimpleUnet",
     "SimpleUnetConfig",
     "SinusoidalPositionEmbeddings",

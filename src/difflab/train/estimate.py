@@ -1,25 +1,29 @@
 """How long a run will take on this machine, measured before it starts.
 
 The notes' programs are sized for GPUs; on a CPU some take hours. ``estimate`` times a few
-training steps of the run's own network (at a small batch, scaled linearly to the run's batch) so
-``difflab train --preset ...`` can say what it is about to cost before it costs it.
+optimizer steps of the run's own :class:`~difflab.train.loop.Trainer` (network, loss, optimizer,
+EMA: exactly what training runs) so ``difflab train`` can say what a run will cost before it costs
+it. Small networks are timed at the run's batch size; when a step of 8 images already takes long,
+at 8 images, scaled linearly to the batch.
 """
 
 from __future__ import annotations
 
-import math
 import statistics
-import time
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from difflab.data import load_dataset
+from difflab.data import ImageDataset
 from difflab.device import resolve_device
-from difflab.losses import diffusion_loss
 from difflab.run_config import TrainConfig
+from difflab.train.budget import format_duration
+from difflab.train.loop import Trainer, clock, prepare_data
 
 _PROBE_BATCH = 8
+_FULL_BATCH_S = 2.0  # time the full batch when its step should take less than this
 
 
 @dataclass(frozen=True)
@@ -28,55 +32,56 @@ class Estimate:
     steps: int
     steps_per_epoch: float
     parameters: int
+    probe_batch: int
+    batch_size: int
+    time_budget: float | None = None
 
     @property
     def seconds(self) -> float:
         return self.seconds_per_step * self.steps
 
+    @property
+    def images_per_s(self) -> float:
+        return self.batch_size / self.seconds_per_step
+
     def describe(self) -> str:
         epoch = self.seconds_per_step * self.steps_per_epoch
-        return (f"{self.parameters:,} parameters; about {_duration(self.seconds_per_step)} per step here, "
-                f"{self.steps_per_epoch:.1f} steps per epoch ({_duration(epoch)}), {self.steps:,} steps "
-                f"in all: about {_duration(self.seconds)} (measured on a batch of {_PROBE_BATCH}, scaled)")
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.1f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+        how = ("measured" if self.probe_batch == self.batch_size
+               else f"measured on a batch of {self.probe_batch}, scaled")
+        speed = (f"{self.parameters:,} parameters; about {format_duration(self.seconds_per_step)} per "
+                 f"step of {self.batch_size} here ({self.images_per_s:.0f} images/s, {how}), "
+                 f"{self.steps_per_epoch:.1f} steps per epoch ({format_duration(epoch)})")
+        if self.time_budget is not None:
+            steps = int(self.time_budget / self.seconds_per_step)
+            return (f"training for {format_duration(self.time_budget)} (time budget): about {steps:,} steps; "
+                    f"{speed}; the step count is fitted after the warm-up")
+        return f"training {self.steps:,} steps: about {format_duration(self.seconds)} here; {speed}"
 
 
 def estimate(cfg: TrainConfig, repeats: int = 2) -> Estimate:
-    """Time ``repeats`` optimizer steps (after one warm-up) of ``cfg``'s network and loss."""
-    from difflab.nets import build_net, default_net_config, param_count, required_image_size
-    from difflab.nets.basic_unet import corrupt_loss
-
-    data = load_dataset(cfg.data)
-    c, h, _ = data.shape
-    size = required_image_size(cfg.net_kind, h)
+    """Time ``repeats`` training steps of ``cfg`` (after one untimed warm-up step)."""
+    cfg, data = prepare_data(cfg, log=lambda _: None)
     device = resolve_device(cfg.device)
-    net_cfg = cfg.net or default_net_config(cfg.net_kind, in_channels=c, image_size=size, n_steps=cfg.T)
-    net = build_net(net_cfg).to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    schedule = cfg.make_schedule()
-    batch = min(_PROBE_BATCH, cfg.batch_size)
-    x0 = torch.rand(batch, c, size, size, device=device) * 2 - 1
+    probe = min(_PROBE_BATCH, cfg.batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        per_step, params = _time_steps(cfg.replace(batch_size=probe), data, Path(tmp), device, repeats)
+        per_step *= cfg.batch_size / probe
+        if probe < cfg.batch_size and per_step < _FULL_BATCH_S:
+            probe = cfg.batch_size
+            per_step, params = _time_steps(cfg, data, Path(tmp), device, repeats)
+    per_epoch = len(data) / cfg.batch_size
+    return Estimate(per_step, cfg.steps, per_epoch, params, probe, cfg.batch_size, cfg.time_budget)
+
+
+def _time_steps(cfg: TrainConfig, data: ImageDataset, out: Path, device: torch.device, repeats: int
+                ) -> tuple[float, int]:
+    """Median seconds of a training step after one untimed one, and the network's parameters."""
+    from difflab.nets import param_count
+
+    trainer = Trainer(cfg.replace(eval_every=0), data, out, device, lambda _: None)
     times = []
     for _ in range(repeats + 1):
-        start = time.perf_counter()
-        t = torch.randint(0, cfg.T, (batch,), device=device)
-        if cfg.objective == "corrupt":
-            loss = corrupt_loss(net, x0, torch.rand(batch, device=device), torch.rand_like(x0), cfg.loss)
-        else:
-            loss = diffusion_loss(net, x0, t, torch.randn_like(x0), schedule=schedule,
-                                  prediction=cfg.prediction, loss=cfg.loss)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        times.append(time.perf_counter() - start)
-    per_step = statistics.median(times[1:]) * cfg.batch_size / batch
-    per_epoch = len(data) / cfg.batch_size
-    steps = math.ceil(cfg.epochs * per_epoch) if cfg.epochs else cfg.steps
-    return Estimate(per_step, steps, per_epoch, param_count(net))
+        start = clock()
+        trainer.train_step()
+        times.append(clock() - start)
+    return statistics.median(times[1:]), param_count(trainer.net)
