@@ -3,10 +3,14 @@ against diffusers' schedulers, and (with ``--run``) digit quality of a trained m
 
 1. Accuracy. Data is a 1-D Gaussian mixture, whose denoiser E[x_0 | x_sigma] is closed-form, so
    every sampler runs with the exact model (linear schedule, T = 1000). For the deterministic
-   samplers the error is the RMS distance to the exact probability-flow solution on the same grid
-   (a DOP853 solve in log sigma to the grid's smallest sigma, rtol 1e-10, then the same final
-   denoising step); for all samplers also the Wasserstein-1 distance of the samples to the data
-   distribution (its floor is the Monte-Carlo noise of ``--n`` samples).
+   samplers the error is the RMS distance to ONE reference for every sampler and NFE: the exact
+   probability-flow solution from the same x_T at the grids' common start sigma_max (t = T - 1) to
+   the schedule's smallest sigma sigma_min (t = 0), a DOP853 solve in log sigma (rtol 1e-10),
+   followed by the exact final denoising step D(.; sigma_min) (see :func:`ode_reference` for why
+   this endpoint and not the ODE's own at sigma = 0). For all samplers also the Wasserstein-1
+   distance of the samples to the data distribution (its floor is the Monte-Carlo noise of ``--n``
+   samples, printed as the spread over 100 draws of exact samples), with DDPM's full T-step
+   ancestral chain as a reference row.
 2. Overhead. Milliseconds per network evaluation of difflab's ``sample`` and of a diffusers
    scheduler loop on the same network (a tiny UNet, and a free "network" to isolate the sampler).
    Both sides time the same span, from nothing but the network and the starting noise to the
@@ -16,8 +20,9 @@ against diffusers' schedulers, and (with ``--run``) digit quality of a trained m
    (5x as many for the free network); the table gives the medians and the median of the
    per-repetition ratios.
 3. Trained model (``--run RUN``): FD-digit against real MNIST and the classifier's confident share
-   vs NFE. Goal (``--goal-nfe N``, default 10 when N is among ``--nfe``): some sampler at N NFE
-   reaches DDIM at 100 NFE's FD-digit (<=); exit status 1 when none does (``--goal-nfe 0``: no check).
+   vs NFE, with DDPM's full T-step chain as a reference row (``--no-ddpm-reference``: without).
+   Goal (``--goal-nfe N``, default 10 when N is among ``--nfe``): some sampler at N NFE reaches
+   DDIM at 100 NFE's FD-digit (<=); exit status 1 when none does (``--goal-nfe 0``: no check).
 
     python benchmarks/bench_samplers.py --quick       # ~1 minute
     OMP_NUM_THREADS=1 python benchmarks/bench_samplers.py --skip accuracy    # the overhead table
@@ -42,6 +47,7 @@ import torch
 from difflab import NoiseSchedule, sample
 from difflab.diffusion import discrete_sigmas, t_to_sigma
 from difflab.samplers import SAMPLERS, TIMESTEP_SAMPLERS, sigma_grid
+from difflab.schedules import timesteps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import exit_on_missed, load_report, machine_report
@@ -79,17 +85,44 @@ def mixture_model(schedule: NoiseSchedule) -> Callable[..., torch.Tensor]:
     return model
 
 
-def ode_reference(x_T: np.ndarray, sigma_start: float, sigma_end: float) -> np.ndarray:
-    """Exact probability-flow solution from sigma_start to sigma_end, then D(.; sigma_end)."""
+def ode_solve(x_T: np.ndarray, sigma_start: float, sigma_end: float) -> np.ndarray:
+    """The exact probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma from x_sigma_start =
+    x_T sqrt(1 + sigma_start^2) (the samplers' VP-to-VE convention) down to sigma_end >= 0: DOP853
+    (rtol = atol = 1e-10) in u = log sigma, dx/du = x - D, down to sigma_end, or for sigma_end = 0
+    down to 0.01 and from there in sigma itself, where the right-hand side -sigma * score(x; sigma)
+    is smooth and tends to 0 (D(x; 0) = x: every mixture component has positive variance)."""
     from scipy.integrate import solve_ivp
 
-    def f(u: float, y: np.ndarray) -> np.ndarray:  # u = log sigma: dx/du = x - D(x; sigma)
+    def f_log(u: float, y: np.ndarray) -> np.ndarray:
         return y - mixture_x0(y, math.exp(u))
 
-    y0 = x_T * math.sqrt(1 + sigma_start**2)
-    span = (math.log(sigma_start), math.log(sigma_end))
-    sol = solve_ivp(f, span, y0, method="DOP853", rtol=1e-10, atol=1e-10)
-    return mixture_x0(sol.y[:, -1], sigma_end)
+    def f_lin(sigma: float, y: np.ndarray) -> np.ndarray:
+        return (y - mixture_x0(y, sigma)) / sigma if sigma > 0 else np.zeros_like(y)
+
+    tol = {"method": "DOP853", "rtol": 1e-10, "atol": 1e-10}
+    y = x_T * math.sqrt(1 + sigma_start**2)
+    floor = sigma_end if sigma_end > 0 else min(1e-2, sigma_start)
+    y = solve_ivp(f_log, (math.log(sigma_start), math.log(floor)), y, **tol).y[:, -1]
+    if sigma_end == 0:
+        y = solve_ivp(f_lin, (floor, 0.0), y, **tol).y[:, -1]
+    return y
+
+
+def ode_reference(x_T: np.ndarray, sigma_start: float, sigma_end: float) -> np.ndarray:
+    """The exact solution from sigma_start to sigma_end, then the exact D(.; sigma_end).
+
+    With sigma_end = sigma_min, the schedule's smallest sigma (t = 0), this is the one point that
+    every sampler converges to as its steps shrink, so it is the common reference for every
+    sampler and NFE. The sigma samplers' grids end with a step from their last positive sigma to
+    0, which all of them (euler, heun, dpmpp, unipc) take as x_0 = D(x; sigma_last); DDIM's last
+    step lands on its x_0 prediction D(x; sigma_t) at its last timestep t just the same. On the
+    karras and log-snr grids sigma_last = sigma_min for every NFE; on the trailing timestep grid
+    it is sigma at t = T/N - 1 (0.72 at 5 steps, 0.076 at 50), which reaches sigma_min (t = 0) at
+    N = T. The ODE's own endpoint x(0) is not that limit: no grid refines the jump from sigma_min
+    to 0, so every sampler would keep the same O(sigma_min^2 * score) distance to it
+    (:func:`accuracy` prints its size). The previous reference, D at each grid's own last sigma,
+    moved with NFE on the timestep grid, so its columns measured different problems."""
+    return mixture_x0(ode_solve(x_T, sigma_start, sigma_end), sigma_end)
 
 
 def mixture_cdf(x: np.ndarray) -> np.ndarray:
@@ -114,15 +147,25 @@ def accuracy(args: argparse.Namespace) -> None:
     sched = NoiseSchedule.linear(1000)
     model = mixture_model(sched)
     x_T = torch.randn((args.n, 1), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sigmas = discrete_sigmas(sched)
+    sigma_min, sigma_max = float(sigmas[0]), float(sigmas[-1])
+    x_T_np = x_T.numpy().ravel()
+    reference = ode_reference(x_T_np, sigma_max, sigma_min)  # the same for every row and column
     runs = {**{k: (k, v) for k, v in {**DETERMINISTIC, **STOCHASTIC}.items()}, **EXTRA}
     ode_err: dict[str, list[str]] = {}
     w1: dict[str, list[str]] = {}
-    cache: dict[tuple[float, float], np.ndarray] = {}
     for name, (sampler, options) in runs.items():
         ode_err[name], w1[name] = [], []
         for nfe in args.nfe:
             steps = steps_for(sampler, nfe)
             grid_kind = "timesteps" if sampler in TIMESTEP_SAMPLERS else args.sigmas
+            if sampler in TIMESTEP_SAMPLERS:
+                start = float(sigmas[int(timesteps(sched.T, steps, "trailing")[0])])
+            else:
+                start = float(sigma_grid(sched, steps, grid_kind, "trailing")[0])
+            # the reference starts there too (the log-snr grid's ends are float32-rounded: ~1e-7)
+            if not math.isclose(start, sigma_max, rel_tol=1e-6):
+                raise RuntimeError(f"{name} at {steps} steps starts at sigma {start}, not {sigma_max}")
             out = sample(
                 model, x_T, schedule=sched, sampler=sampler, steps=steps,
                 sigmas=None if sampler in TIMESTEP_SAMPLERS else grid_kind,
@@ -131,21 +174,28 @@ def accuracy(args: argparse.Namespace) -> None:
             x = out.x.numpy().ravel()
             w1[name].append(f"{w1_to_data(x):.4f}" + ("" if out.nfe == nfe else f" ({out.nfe})"))
             if sampler in DETERMINISTIC and not options:
-                grid = sigma_grid(sched, steps, grid_kind, "trailing")
-                key = (float(grid[0]), float(grid[-2]))
-                if key not in cache:
-                    cache[key] = ode_reference(x_T.numpy().ravel(), *key)
-                ode_err[name].append(f"{np.sqrt(np.mean((x - cache[key]) ** 2)):.2e}")
+                ode_err[name].append(f"{np.sqrt(np.mean((x - reference) ** 2)):.2e}")
             else:
                 ode_err[name].append("-")
+    chain = sample(model, x_T, schedule=sched, sampler="ddpm", steps=sched.T,
+                   generator=torch.Generator().manual_seed(1), return_nfe=True)
+    chain_w1 = f"{w1_to_data(chain.x.numpy().ravel()):.4f}"
+    w1[f"ddpm, {chain.nfe} NFE (reference, every column)"] = [chain_w1] * len(args.nfe)
+    to_x0 = float(np.sqrt(np.mean((reference - ode_solve(x_T_np, sigma_max, 0.0)) ** 2)))
     note = f"grid: {args.sigmas} for the sigma samplers, trailing timesteps for ddpm/ddim; {args.n} samples"
-    table(f"RMS error vs the exact ODE solution on the same grid ({note})", args.nfe, ode_err)
-    floor = w1_to_data(mixture_sample(args.n))
-    table(f"W1 to the data distribution ({note}; exact samples: {floor:.4f})", args.nfe, w1)
+    table(f"RMS error vs one exact reference for every sampler and NFE: the probability-flow ODE "
+          f"solved exactly from the same x_T at sigma_max = {sigma_max:.1f} (t = {sched.T - 1}) to the "
+          f"schedule's smallest sigma_min = {sigma_min:.4f} (t = 0), then the exact final denoising "
+          f"step D(x; sigma_min), the limit of every sampler as its steps shrink ({note}; the reference "
+          f"is RMS {to_x0:.1e} from the ODE's own endpoint at sigma = 0)", args.nfe, ode_err)
+    floor = [w1_to_data(mixture_sample(args.n, seed)) for seed in range(100)]
+    lo, mid, hi = np.percentile(floor, [5, 50, 95])
+    table(f"W1 to the data distribution ({note}; {args.n} exact samples, 100 draws: median {mid:.4f}, "
+          f"5-95% {lo:.4f}-{hi:.4f}, the Monte-Carlo floor)", args.nfe, w1)
 
 
-def mixture_sample(n: int) -> np.ndarray:
-    rng = np.random.default_rng(0)
+def mixture_sample(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
     k = rng.choice(len(W), size=n, p=W)
     return M[k] + S[k] * rng.standard_normal(n)
 
@@ -268,6 +318,12 @@ def trained(args: argparse.Namespace) -> list[str]:
                                  sigmas=None if sampler in TIMESTEP_SAMPLERS else args.sigmas)
             fd[sampler].append(f"{fd_digit(images, real):.2f}")
             conf[sampler].append(f"{float(digit_scores(images)['confident_share']):.3f}")
+    if args.ddpm_reference:  # the full ancestral chain, one value repeated in every column
+        T = pipe.schedule.T
+        images = pipe.sample(args.n_images, sampler="ddpm", steps=T, seed=0)
+        fd[f"ddpm, {T} NFE (reference)"] = [f"{fd_digit(images, real):.2f}"] * len(args.nfe)
+        share = float(digit_scores(images)["confident_share"])
+        conf[f"ddpm, {T} NFE (reference)"] = [f"{share:.3f}"] * len(args.nfe)
     note = f"{args.run}, {args.n_images} images, grid {args.sigmas}"
     table(f"FD-digit vs real MNIST ({note})", args.nfe, fd)
     table(f"confident share ({note})", args.nfe, conf)
@@ -275,7 +331,8 @@ def trained(args: argparse.Namespace) -> list[str]:
         return []
     ref = fd_digit(pipe.sample(args.n_images, sampler="ddim", steps=100, seed=0), real)
     col = args.nfe.index(args.goal_nfe)
-    best, best_fd = min(((name, float(cells[col])) for name, cells in fd.items()), key=lambda kv: kv[1])
+    best, best_fd = min(((name, float(cells[col])) for name, cells in fd.items() if name in SAMPLERS),
+                        key=lambda kv: kv[1])  # not the DDPM reference row
     ok = best_fd <= ref
     print(f"\nGoal: a sampler at {args.goal_nfe} NFE reaches DDIM-100's FD-digit {ref:.2f}: best {best} "
           f"{best_fd:.2f}: {'met' if ok else 'NOT met'}")
@@ -297,6 +354,8 @@ def main() -> None:
     parser.add_argument("--n-images", type=int, default=1000)
     parser.add_argument("--samplers", nargs="*", choices=tuple(SAMPLERS),
                         help="for --run (default: all but ddpm)")
+    parser.add_argument("--no-ddpm-reference", dest="ddpm_reference", action="store_false",
+                        help="--run: no reference row of DDPM's full T-step chain (T NFE per image)")
     parser.add_argument("--skip", nargs="*", default=[], choices=("accuracy", "overhead"))
     args = parser.parse_args()
     if args.quick:
