@@ -197,8 +197,10 @@ def _code_default(command, action):
         return TrainConfig.default(FIELDS[action.dest])
     if command == "sample" and action.dest in _RUN_FIELDS:
         return TrainConfig.default(_RUN_FIELDS[action.dest])
-    if command == "demo" and action.dest == "steps":
-        return TrainConfig.default("steps")
+    if command == "demo" and action.dest == "time_budget":
+        from difflab.demo import TIME_BUDGET_S
+
+        return f"{TIME_BUDGET_S / 60:g}m"
     if command == "train-classifier":
         from dataclasses import fields
 
