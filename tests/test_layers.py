@@ -53,6 +53,7 @@ LAYERS: dict[str, int] = {
     # applications of a trained model: the public API, scoring
     "difflab": 8,  # the package root: difflab.load, difflab.sample, ...
     "eval": 8,
+    "edit": 8,  # inpainting, img2img, inversion, interpolation with a trained run; nothing below imports it
     # training samples through pipeline and scores with eval's metrics (--eval-every);
     # eval never imports training
     "train": 9,

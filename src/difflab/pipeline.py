@@ -101,6 +101,8 @@ class Pipeline:
         callback: StepCallback | None = None,
         classifier: Any = None,
         classifier_scale: float = 1.0,
+        noise: Tensor | None = None,
+        first_step: int = 0,
         **options: Any,
     ) -> Tensor:
         """``n`` images in [-1, 1] on the CPU. Image i comes from seed ``seed + i`` (or
@@ -125,7 +127,12 @@ class Pipeline:
         :func:`difflab.sample`. The run's config gives the defaults (a preset run samples as its
         note does): ``sampler``, ``steps`` (its ``sample_steps``, or T for ddpm when another
         sampler is the run's), ``variance`` and ``clip_x0``. ``discrete`` defaults to True for
-        MyUNet, whose time embedding is a table of integer timesteps."""
+        MyUNet, whose time embedding is a table of integer timesteps.
+
+        ``noise`` ([n, C, H, W]) is the starting noise x_T itself instead of the seeds' draws (e.g.
+        the output of DDIM inversion, :func:`difflab.edit.invert`; the seeds still drive the noise
+        of stochastic samplers). ``first_step`` starts at that step of the grid, with ``noise`` the
+        x_t of its level (image-to-image, :func:`difflab.edit.img2img`)."""
         if n < 1:
             raise ValueError(f"n must be a positive number of images, got {n}")
         if self.config.objective == "corrupt":
@@ -153,11 +160,15 @@ class Pipeline:
         if seeds is not None and len(seeds) != n:
             raise ValueError(f"give one seed per image: {n} images, {len(seeds)} seeds")
         all_seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
+        if noise is not None:
+            noise = self.check_images(noise, n, "noise")
         out = []
         for start in range(0, n, batch_size):
             idx = range(start, min(n, start + batch_size))
             gens = generators_from_seeds([all_seeds[i] for i in idx])
             x_T = torch.stack([torch.randn(self.image_shape, generator=g) for g in gens]).to(self.device)
+            if noise is not None:  # the seeds' own x_T is drawn all the same: their later noise stays
+                x_T = noise[idx.start : idx.stop].to(self.device)
             batch_labels = None if labels is None else labels[idx.start : idx.stop]
             model, cond = self._conditioned(batch_labels if self.num_classes else None, guide,
                                             None if texts is None else texts[idx.start : idx.stop])
@@ -181,10 +192,35 @@ class Pipeline:
                 generator=gens,
                 cond=cond,
                 callback=callback,
+                first_step=first_step,
                 **options,
             )
             out.append(x.float().clamp(-1, 1).cpu())
         return torch.cat(out)
+
+    def check_images(self, x: Tensor, n: int | None = None, what: str = "images") -> Tensor:
+        """``x`` as a float tensor [n, C, H, W] of this run's image shape, or a one-line error."""
+        x = torch.as_tensor(x)
+        want = (n if n is not None else (x.shape[0] if x.ndim == 4 else 1), *self.image_shape)
+        if x.ndim == 3:
+            x = x[None]
+        if tuple(x.shape) != want:
+            raise ValueError(f"{what} has shape {tuple(x.shape)}; this run needs {want} "
+                             f"(images x channels x height x width)")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{what} holds NaN or infinite values")
+        return x.float()
+
+    def conditioned(self, n: int, *, class_labels: Sequence[int] | Tensor | None = None,
+                    prompts: str | Sequence[str] | None = None,
+                    negative_prompts: str | Sequence[str] | None = None,
+                    guidance: float | Guidance | None = None) -> tuple[Any, dict[str, Any] | None]:
+        """The model and conditioning :meth:`sample` would use for ``n`` images, for the loops
+        that call the samplers or the denoiser themselves (:mod:`difflab.edit`): the network, or
+        the network under classifier-free guidance towards ``class_labels`` or ``prompts``."""
+        texts = self._texts(n, prompts, negative_prompts, class_labels, None)
+        labels = self._labels(n, class_labels)
+        return self._conditioned(labels if self.num_classes else None, self._guidance(guidance), texts)
 
     @property
     def num_classes(self) -> int:

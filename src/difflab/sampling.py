@@ -53,6 +53,7 @@ def sample(
     cond: Mapping[str, Any] | None = None,
     callback: StepCallback | None = None,
     return_nfe: bool = False,
+    first_step: int = 0,
     **options: Any,
 ) -> Tensor | Sampled:
     """Run ``sampler`` from the noise ``x_T`` and return x_0 (or ``Sampled(x, nfe)`` with
@@ -74,6 +75,10 @@ def sample(
     ``options`` go to the sampler function: ``s_churn``, ``s_tmin``, ``s_tmax``, ``s_noise``
     (euler, heun: EDM's churn), ``s_noise`` (stochastic samplers), ``solver_type``
     (dpmpp-2m-sde: midpoint | heun), ``order`` and ``variant`` (unipc: 1-3, bh1 | bh2).
+
+    ``first_step`` skips the first steps of the ``steps``-step grid: ``x_T`` is then x_t at the
+    noise level of step ``first_step`` (:func:`sampling_grid`), the start of image-to-image
+    (SDEdit, :mod:`difflab.edit.img2img`); ``steps - first_step`` steps run.
     """
     check_choice("sampler", sampler, tuple(SAMPLERS))
     if sigmas is not None:
@@ -105,16 +110,33 @@ def sample(
                 f"sampler={sampler!r} takes no option {key!r}; its options are: {', '.join(accepted)}"
             )
         opts[key] = value
-    if sampler in TIMESTEP_SAMPLERS:
-        if sigmas not in (None, "timesteps"):
-            raise ValueError(
-                f"sigmas={sigmas!r} applies to the sigma samplers; {sampler} steps along the integer "
-                "timesteps given by spacing"
-            )
-        grid = timesteps(schedule.T, steps, spacing)
-    else:
-        grid = sigma_grid(schedule, steps, sigmas or "timesteps", spacing, rho)
+    if sampler in TIMESTEP_SAMPLERS and sigmas not in (None, "timesteps"):
+        raise ValueError(
+            f"sigmas={sigmas!r} applies to the sigma samplers; {sampler} steps along the integer "
+            "timesteps given by spacing"
+        )
+    grid = sampling_grid(schedule, sampler, steps, spacing, sigmas, rho)
+    if not 0 <= first_step < steps:
+        raise ValueError(f"first_step must lie in [0, steps) = [0, {steps}), got {first_step}")
+    grid = grid[first_step:]
     denoiser = Denoiser(model, schedule, prediction, discrete=discrete)
     with torch.no_grad():
         x = fn(denoiser, x_T, grid, noise=NoiseSource(generator), cond=cond, callback=callback, **opts)
     return Sampled(x, denoiser.nfe) if return_nfe else x
+
+
+def sampling_grid(schedule: NoiseSchedule, sampler: str, steps: int, spacing: str = "trailing",
+                  sigmas: str | None = None, rho: float = 7.0) -> Tensor:
+    """What ``sampler`` steps along: the descending int64 timesteps for ddpm/ddim, or the
+    ``steps + 1`` sigmas (ending in 0) of the sigma samplers."""
+    if sampler in TIMESTEP_SAMPLERS:
+        return timesteps(schedule.T, steps, spacing)
+    return sigma_grid(schedule, steps, sigmas or "timesteps", spacing, rho)
+
+
+def grid_alpha_bar(schedule: NoiseSchedule, grid: Tensor, i: int) -> float:
+    """alpha_bar at step ``i`` of a :func:`sampling_grid`: the schedule's value at a timestep, or
+    1 / (1 + sigma^2) at a sigma (the VP level x_t of the VE x_sigma = x_t / sqrt(alpha_bar))."""
+    if grid.dtype == torch.int64:
+        return float(schedule.alphas_cumprod[int(grid[i])])
+    return 1.0 / (1.0 + float(grid[i]) ** 2)

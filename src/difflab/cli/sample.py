@@ -169,6 +169,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if "class_labels" not in kwargs:
         kwargs.update(class_kwargs(pipe, args))
     n = kwargs.pop("n", args.n)
+    if args.from_noise is not None:
+        from difflab.cli.noise_file import from_noise_kwargs
+
+        n, kwargs = from_noise_kwargs(pipe, args, kwargs)
+        print(f"sampling {n} image{'s' if n > 1 else ''} from the noise in {args.from_noise}")
     written = write_samples(pipe, n, out=args.out, gif=args.gif, progression=args.progression,
                             save_dir=args.save_dir, batch_size=args.batch_size,
                             gif_normalize=args.gif_normalize, **kwargs)
@@ -190,5 +195,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="GIF frames: [-1, 1] mapped alike in every frame, or each image stretched to its own "
                    "range as note 000 does (default: clip)")
     p.add_argument("--progression", type=Path, help="also write a progression strip")
+    p.add_argument("--from-noise", type=Path,
+                   help="start from this noise (.npy, [n, C, H, W]; e.g. from `difflab edit invert`, whose "
+                   "settings in the .json beside it are used unless flags say otherwise) instead of --seed's")
     p.add_argument("--save-dir", type=Path, help="also write each image as a PNG here")
     p.set_defaults(func=cmd_sample)

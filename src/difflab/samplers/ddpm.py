@@ -39,15 +39,31 @@ def sample_ddpm(
     """
     check_choice("variance", variance, VARIANCES)
     for i, (t, s) in enumerate(zip(timesteps.tolist(), next_timesteps(timesteps), strict=True)):
-        ab_t, ab_s = alpha_bar(denoiser, t), alpha_bar(denoiser, s)
-        d = denoiser(x, t, cond)
-        x0 = clip_and_refit(d, x, ab_t, clip_x0).x0
-        post = posterior(ab_t, ab_s)
-        mean = post.coef1.to(x.dtype) * x + post.coef2.to(x.dtype) * x0
-        if s >= 0:
-            x = mean + post.variance(variance).sqrt().to(x.dtype) * noise.randn_like(x)
-        else:
-            x = mean
+        x, x0 = ddpm_step(denoiser, x, t, s, noise=noise, cond=cond, variance=variance, clip_x0=clip_x0)
         if callback is not None:
             callback(i, t, x, x0)
     return x
+
+
+def ddpm_step(
+    denoiser: Denoiser,
+    x: Tensor,
+    t: int,
+    s: int,
+    *,
+    noise: NoiseSource,
+    cond: Mapping[str, Any] | None = None,
+    variance: str = "beta",
+    clip_x0: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """One step of :func:`sample_ddpm` from timestep ``t`` to ``s < t`` (``s = -1``: the clean
+    image, no noise added): x_s ~ q(x_s | x_t, x_0 = D(x_t)) (Ho et al. 2020, eq. 7). Returns
+    x_s and the predicted x_0. Editing loops (``difflab.edit``) step with it."""
+    ab_t, ab_s = alpha_bar(denoiser, t), alpha_bar(denoiser, s)
+    d = denoiser(x, t, cond)
+    x0 = clip_and_refit(d, x, ab_t, clip_x0).x0
+    post = posterior(ab_t, ab_s)
+    mean = post.coef1.to(x.dtype) * x + post.coef2.to(x.dtype) * x0
+    if s >= 0:
+        return mean + post.variance(variance).sqrt().to(x.dtype) * noise.randn_like(x), x0
+    return mean, x0
