@@ -47,16 +47,17 @@ def repaint_levels(steps: int, jump_length: int = 10, jump_n_sample: int = 10) -
         raise ValueError(f"steps, jump_length and jump_n_sample must be >= 1, got {steps}, {jump_length}, "
                          f"{jump_n_sample}")
     jumps = {j: jump_n_sample - 1 for j in range(0, steps - jump_length, jump_length)}
-    t = steps
-    out = [steps]
+    t = steps  # RePaint's time index: steps - 1 is the first timestep, -1 the clean image
+    out: list[int] = []
     while t >= 1:
         t -= 1
-        out.append(t)
+        out.append(t + 1)
         if jumps.get(t, 0) > 0:
             jumps[t] -= 1
             for _ in range(jump_length):
                 t += 1
-                out.append(t)
+                out.append(t + 1)
+    out.append(0)
     return out
 
 
