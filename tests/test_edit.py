@@ -5,6 +5,7 @@ the exact inverse of the Gaussian toy, interpolation endpoints, and one-line err
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -82,7 +83,8 @@ def make_run(folder, num_classes=0):
     torch.manual_seed(0)
     net = UNetConfig(in_channels=1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, groups=4,
                      image_size=8, num_classes=num_classes)
-    fields = {"cond": "class", "class_names": tuple(str(i) for i in range(num_classes))} if num_classes else {}
+    names = tuple(str(i) for i in range(num_classes))
+    fields = {"cond": "class", "class_names": names} if num_classes else {}
     cfg = TrainConfig(data=DataConfig(source="digits", image_size=8, channels=1), net=net, T=20,
                       sample_steps=4, **fields)
     folder.mkdir()
@@ -204,7 +206,7 @@ def test_repaint_schedule_is_repaints_get_schedule_jump():
         assert ours[0] == steps and ours[-1] == 0
     assert repaint_levels(10, 3, 1) == list(range(10, -1, -1))  # r = 1: replace, no jumps
     path = repaint_levels(250, 10, 10)
-    downs = sum(b < a for a, b in zip(path, path[1:], strict=False))
+    downs = sum(b < a for a, b in itertools.pairwise(path))
     assert downs == 250 + 24 * 9 * 10  # every level once, plus (r - 1) j re-denoised per jump point
 
 
@@ -375,7 +377,8 @@ def test_fixed_point_iterations_converge_to_an_exact_inverse_of_the_ddim_step():
 def test_inversion_nfe_counts_the_iterations():
     sched = NoiseSchedule.cosine(100)
     x0 = toy_images(1)
-    _, plain = ddim_invert(exact_eps_model(sched), x0, schedule=sched, steps=10, method="ddim", return_nfe=True)
+    _, plain = ddim_invert(exact_eps_model(sched), x0, schedule=sched, steps=10, method="ddim",
+                           return_nfe=True)
     _, fixed = ddim_invert(exact_eps_model(sched), x0, schedule=sched, steps=10, method="fixed-point",
                            iterations=3, return_nfe=True)
     assert (plain, fixed) == (10, 40)
@@ -438,8 +441,8 @@ def test_bad_files_give_clear_errors(files, call, message):
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "difflab.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    return subprocess.run([sys.executable, "-m", "difflab.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
 
 
 def assert_one_line_error(out, *needles):
@@ -472,7 +475,8 @@ def test_cli_errors_are_one_line(run, files, tmp_path):
 
 def test_cli_edits_write_their_outputs(run, class_run, files, tmp_path):
     out = cli("edit", "inpaint", run, "--image", files / "img.png", "--mask", files / "mask.png", "--out",
-              tmp_path / "inp.png", "--steps", "6", "--jump-length", "2", "--jump-n-sample", "2", "--device", "cpu")
+              tmp_path / "inp.png", "--steps", "6", "--jump-length", "2", "--jump-n-sample", "2",
+              "--device", "cpu")
     assert out.returncode == 0, out.stderr
     got = np.asarray(Image.open(tmp_path / "inp.png"))
     src = np.asarray(Image.open(files / "img.png"))
