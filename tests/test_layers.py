@@ -47,6 +47,7 @@ LAYERS: dict[str, int] = {
     # what decides a run
     "run_config": 5,
     "classifier_run": 5,  # a noise-aware classifier's run: config, loading, pairing with a diffusion run
+    "latent": 5,  # autoencoder + its stored scale factor (pixels <-> latents), a train-vae run's config
     "presets": 6,
     # a trained model: load and sample (difflab.load)
     "pipeline": 7,
