@@ -282,7 +282,7 @@ def test_img2img_at_strength_one_keeps_only_the_signal_left_at_T():
 
 
 @pytest.mark.parametrize(("strength", "steps", "run_steps"), [(0.6, 50, 30), (0.5, 10, 5), (0.01, 10, 1),
-                                                               (1.0, 7, 7), (0.33, 3, 1)])
+                                                               (1.0, 7, 7), (0.33, 3, 1), (0.66, 3, 2)])
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp-2m"])
 def test_img2img_first_timestep_is_the_level_the_image_was_noised_to(strength, steps, run_steps, sampler):
     """CompVis/stable-diffusion#533: the first denoising step must evaluate the network at the
