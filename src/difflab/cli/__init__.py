@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from difflab.cli import classifier, demo, edit, eval, sample, show, train
+from difflab.cli import classifier, demo, edit, eval, sample, show, train, vae
 from difflab.cli.args import Parser
 
-GROUPS = (train, classifier, sample, show, demo, eval, edit)
+GROUPS = (train, classifier, vae, sample, show, demo, eval, edit)
 
 
 def build_parser() -> Parser:

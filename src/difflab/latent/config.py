@@ -34,7 +34,9 @@ class VAETrainConfig(Config):
     ``holdout`` of the images (a permutation seeded by ``seed``) is never trained on: PSNR, SSIM
     and FD-EffNetLite0 of up to ``eval_n`` of them are measured at the end (and every
     ``eval_every`` steps when > 0). The scale factor is measured on up to ``scale_n`` training
-    images at every checkpoint and stored in ``model.safetensors``."""
+    images at every checkpoint and stored in ``model.safetensors``; with ``latent_shift`` the
+    latents' mean is stored as the shift too (diffusers' ``shift_factor``, as SD3 and Flux do), so
+    scaled latents have zero mean as well as unit variance; without it only the scale, as SD 1.x."""
 
     data: DataConfig = field(default_factory=DataConfig)
     net: AutoencoderConfig | None = None
@@ -56,6 +58,7 @@ class VAETrainConfig(Config):
     eval_every: int = 0
     eval_fd: bool = True
     scale_n: int = 1024
+    latent_shift: bool = True
     log_every: int = 25
     checkpoint_every: int = 250
     keep_checkpoints: int = 3

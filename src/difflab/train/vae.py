@@ -190,28 +190,24 @@ class VAETrainer:
         return self.data.batch(indices, device=self.device, flip=False)[0]
 
     @torch.no_grad()
-    def save_weights(self) -> float:
-        """Measure the scale factor on the training images and write ``model.safetensors``."""
+    def save_weights(self) -> tuple[float, float]:
+        """Measure the latent scaling on the training images and write ``model.safetensors``:
+        scale = 1 / std and, with ``latent_shift``, shift = mean of the sampled latents."""
         with forked_rng(self.device):
             self.net.eval()
-            stats = scale_factor_from_data(
-                self.net, self.images(self.train_idx[: self.cfg.scale_n]), self.cfg.seed
-            )
+            fit = self.images(self.train_idx[: self.cfg.scale_n])
+            stats = scale_factor_from_data(self.net, fit, self.cfg.seed)
             self.net.train()
-        save_autoencoder(
-            self.net,
-            self.out / WEIGHTS,
-            stats.scale_factor,
-            extra={
-                "step": str(self.step),
-                "latent_mean": repr(stats.mean),
-                "latent_std": repr(stats.std),
-                "scale_n": str(stats.n),
-                "data": self.data.name,
-            },
-        )
-        self.scale_factor = stats.scale_factor
-        return stats.scale_factor
+        shift = stats.mean if self.cfg.latent_shift else 0.0
+        extra = {
+            "step": str(self.step),
+            "latent_mean": repr(stats.mean),
+            "latent_std": repr(stats.std),
+            "scale_n": str(stats.n),
+            "data": self.data.name,
+        }
+        save_autoencoder(self.net, self.out / WEIGHTS, stats.scale_factor, shift, extra=extra)
+        return stats.scale_factor, shift
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -298,11 +294,13 @@ class VAETrainer:
                 if self.real_features is None:
                     self.real_features = extract(originals.cpu(), extractor)
             scores = reconstruction_scores(originals, recon, extractor, self.real_features)
-            scale = self.save_weights()
+            scale, shift = self.save_weights()
             gen = torch.Generator().manual_seed(self.cfg.seed + 2)
-            held = latent_stats(lambda x: self.net.encode(x).sample(gen) * scale, originals)
+            held = latent_stats(lambda x: (self.net.encode(x).sample(gen) - shift) * scale, originals)
             self.net.train()
-        scores.update(scale_factor=scale, heldout_latent_std=held.std, heldout_latent_mean=held.mean)
+        scores.update(
+            scale_factor=scale, shift_factor=shift, heldout_latent_std=held.std, heldout_latent_mean=held.mean
+        )
         problem = unit_variance_problem(held, "the held-out images' scaled latents")
         if problem:
             self.log(f"warning: {problem}")
