@@ -141,6 +141,8 @@ class VAETrainer:
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)  # posterior samples z = mean + std eps
         self.step = 0
         self.spent_before = 0.0
+        self.step_seconds = 0.0  # in train_step, this session
+        self.window_s0 = 0.0  # step_seconds at the start of the logging window
         self.window: list[dict[str, float]] = []
         self.log_file: IO[str] | None = None
         self.real_features: Any = None
@@ -212,7 +214,8 @@ class VAETrainer:
     # --- the loop ------------------------------------------------------------------------------
 
     def elapsed(self) -> float:
-        return self.spent_before + (time.perf_counter() - self.t_start if hasattr(self, "t_start") else 0.0)
+        """Seconds spent in training steps (this session and before a resume), not evaluations."""
+        return self.spent_before + self.step_seconds
 
     def train_step(self) -> None:
         cfg = self.cfg
@@ -261,7 +264,6 @@ class VAETrainer:
         self.log_file.flush()
 
     def log_window(self) -> None:
-        now = time.perf_counter()
         keys = self.window[0].keys() | self.window[-1].keys()
         record: dict[str, Any] = {"step": self.step}
         for k in sorted(keys):
@@ -269,13 +271,13 @@ class VAETrainer:
             record[k] = sum(values) / len(values)
         record["lr"] = self.sched.get_last_lr()[0]
         record["images_per_s"] = round(
-            len(self.window) * self.cfg.batch_size / max(now - self.window_t, 1e-9), 2
+            len(self.window) * self.cfg.batch_size / max(self.step_seconds - self.window_s0, 1e-9), 2
         )
         record["elapsed_s"] = round(self.elapsed(), 2)
         self.write_record(record)
         self.bar.set_postfix(rec=f"{record['rec']:.4f}", img_s=f"{record['images_per_s']:.0f}")
         self.window.clear()
-        self.window_t = now
+        self.window_s0 = self.step_seconds
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -327,7 +329,7 @@ class VAETrainer:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
-        self.t_start = self.window_t = time.perf_counter()
+        self.window_s0 = self.step_seconds
         self.net.train()
         scores: dict[str, float] = {}
         self.bar = tqdm(
@@ -340,7 +342,9 @@ class VAETrainer:
         )
         with (self.out / "log.jsonl").open("a") as self.log_file, self.bar:
             while self.step < cfg.steps:
+                t0 = time.perf_counter()
                 self.train_step()
+                self.step_seconds += time.perf_counter() - t0
                 self.bar.update(1)
                 last = self.step == cfg.steps
                 if self.step % cfg.log_every == 0 or last:
