@@ -3,9 +3,10 @@ default against the diffusers-course recipe, both trained interleaved in one pro
 
 The configs (the ``config`` column of the tables):
 
-- ``default``: ``TrainConfig()`` as shipped (the demo): difflab's UNet 0.67M (base 16, mult
-  1-2-4) at 28x28, v target, cosine schedule, min-SNR-5 weighting, AdamW 2e-3 with warm-up and
-  cosine decay over 1,500 steps, EMA 0.999, batch 32.
+- ``default``: ``TrainConfig()`` as shipped (``difflab train --data mnist``): difflab's UNet 0.67M
+  (base 16, mult 1-2-4) at 28x28, v target, cosine schedule, min-SNR-5 weighting, AdamW with
+  warm-up and cosine decay over its default steps, EMA 0.999 (batch, LR and steps: see
+  ``DESCRIPTIONS``, printed with the table).
 - ``recipe``: the diffusers-course recipe (``bench_common.recipe_config``): UNet2DModel
   (32, 64, 64) 1.71M at 28x28, eps target, unweighted MSE, cosine (squaredcos_cap_v2) schedule,
   AdamW 4e-4, batch 128, no EMA, warm-up, LR decay or clipping; run by difflab's loop, whose
@@ -20,7 +21,8 @@ hand-overs are left out. ``--serial`` trains one config after the other instead.
 
 When a config's training time passes a mark, its EMA weights (the recipe keeps none: its weights)
 are copied; the default is also copied at each mark divided by ``--goal-speedup``. After training
-every copy draws ``--n`` samples (DDIM, ``--steps`` steps, seeds 0..n-1), scored by the
+every copy draws ``--n`` samples (seeds 0..n-1) with the sampler and steps ``difflab sample``
+uses for the run (``--sampler`` / ``--steps`` override them), scored by the
 pre-trained MNIST classifier (share classified with confidence > 0.9, entropy of the class
 histogram) and by FD-digit against the 5,000 real digits.
 
@@ -53,12 +55,15 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import RECIPE_DESC, exit_on_missed, load_report, machine_report, recipe_config
+from difflab.run_config import TrainConfig
 
 CONFIGS = ("default", "recipe")
+_D = TrainConfig()  # the shipped defaults
 BIG = 10**9  # checkpoint / sample intervals that never fire
 DESCRIPTIONS = {
-    "default": "difflab default as shipped: UNet 0.67M, v target, cosine, min-SNR-5, AdamW 2e-3 "
-               "(warm-up, cosine decay over 1,500 steps), EMA 0.999, batch 32",
+    "default": (f"difflab default as shipped: UNet 0.67M, v target, cosine, min-SNR-5, AdamW "
+                f"{_D.lr:g} (warm-up, cosine decay over {_D.steps:,} steps), EMA {_D.ema_decay:g}, batch "
+                f"{_D.batch_size}"),
     "recipe": RECIPE_DESC,
 }
 
@@ -213,8 +218,10 @@ def real_digits() -> torch.Tensor:
     return data.batch(torch.arange(len(data)))[0]
 
 
-def score(tr: Trainer, snap: Snapshot, n: int, steps: int, real: torch.Tensor) -> dict[str, Any]:
-    """Sample ``n`` images from a snapshot (DDIM, ``steps`` steps, seeds 0..n-1) and score them."""
+def score(tr: Trainer, snap: Snapshot, n: int, real: torch.Tensor, sampler: str | None = None,
+          steps: int | None = None) -> dict[str, Any]:
+    """Sample ``n`` images from a snapshot (seeds 0..n-1; the run's sampler and steps unless
+    given) and score them."""
     from difflab import Pipeline
     from difflab.eval.digit_classifier import digit_scores, fd_digit
 
@@ -223,7 +230,7 @@ def score(tr: Trainer, snap: Snapshot, n: int, steps: int, real: torch.Tensor) -
     net.load_state_dict(snap.state)
     pipe = Pipeline(net, tr.cfg, "cpu")
     t0 = time.perf_counter()
-    images = pipe.sample(n, sampler="ddim", steps=steps, seed=0, batch_size=128)
+    images = pipe.sample(n, sampler=sampler, steps=steps, seed=0, batch_size=128)
     sample_s = time.perf_counter() - t0
     scores = digit_scores(images)
     return {"config": tr.name, "minutes": snap.mark_s / 60, "steps": snap.step,
@@ -283,7 +290,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--marks", type=float, nargs="+", default=[2, 5, 10, 20], help="minutes")
     parser.add_argument("--n", type=int, default=256, help="samples scored per mark")
-    parser.add_argument("--steps", type=int, default=25, help="DDIM steps of the scored samples")
+    parser.add_argument("--sampler", help="sampler of the scored samples (default: the run's)")
+    parser.add_argument("--steps", type=int, help="its steps (default: the run's)")
     parser.add_argument("--only", choices=CONFIGS)
     parser.add_argument("--serial", action="store_true", help="train the configs one after the other")
     parser.add_argument("--slice", type=float, default=20.0, help="seconds of training per turn")
@@ -296,7 +304,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.quick:
-        args.marks, args.n, args.steps, args.slice = [0.2], 16, 5, 3.0
+        args.marks, args.n, args.slice = [0.2], 16, 3.0
     torch.set_num_threads(args.threads)
     machine_report(torch.device("cpu"))
     names = [c for c in CONFIGS if args.only in (None, c)]
@@ -315,8 +323,10 @@ def main() -> None:
         print(f"\n{load_report('after training')}")
         speeds = speed_table(trainers)
         real = real_digits()
-        rows = [score(tr, snap, args.n, args.steps, real) for tr in trainers for snap in tr.snapshots]
-    print(f"\n### Digit scores ({args.n} samples, DDIM {args.steps} steps, FD-digit against the 5,000 "
+        rows = [score(tr, snap, args.n, real, args.sampler, args.steps) for tr in trainers
+                for snap in tr.snapshots]
+    how = f"{args.sampler or _D.sample_sampler} {args.steps or _D.sample_steps} steps"
+    print(f"\n### Digit scores ({args.n} samples, {how}, FD-digit against the 5,000 "
           f"real digits); {time.perf_counter() - t0:.0f} s in all")
     print_rows(rows)
     print(f"\n{load_report('at the end')}")

@@ -114,9 +114,9 @@ def test_calibration_waits_for_enough_timed_steps_then_the_warmup_or_the_time():
     first = SKIP_STEPS + MIN_TIMED_STEPS
     assert not calibration_done(first - 1, 100.0, 600.0, warmup_steps=0)
     assert calibration_done(first, 0.0, 600.0, warmup_steps=first)  # end of the warm-up
-    assert not calibration_done(first, 1.0, 600.0, warmup_steps=100)
-    assert calibration_done(first, 10.0, 600.0, warmup_steps=100)  # 10 s measured
-    assert calibration_done(first, 0.2, 10.0, warmup_steps=100)  # 2% of a short budget
+    assert not calibration_done(first, 29.0, 6000.0, warmup_steps=100)
+    assert calibration_done(first, 30.0, 6000.0, warmup_steps=100)  # 30 s measured
+    assert calibration_done(first, 0.5, 10.0, warmup_steps=100)  # 5% of a short budget
 
 
 def test_budget_run_fits_its_steps_and_equals_the_run_of_that_many_steps(tmp_path, clock):

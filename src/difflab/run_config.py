@@ -48,9 +48,11 @@ class TrainConfig(Config):
 
     The defaults are the demo's recipe, chosen for quality per CPU minute: a small UNet trained
     on the v target (Salimans & Ho 2022) with the cosine schedule and min-SNR-5 weighting
-    (Hang et al. 2023), batch 32, AdamW 2e-3 with warm-up and cosine decay, EMA 0.999. On the
-    embedded MNIST this gives clean digits several times sooner than eps prediction on the linear
-    schedule (benchmarks/README.md).
+    (Hang et al. 2023), batch 64, AdamW 2e-3 with warm-up and cosine decay, EMA 0.999, 2,200
+    steps (about ten minutes on two CPU cores), sampled with DPM-Solver++(2M) SDE in 10 steps
+    (Lu et al. 2022). On the embedded MNIST this gives clean digits several times sooner than eps
+    prediction on the linear schedule, and the SDE sampler 5-10 points more confident digits than
+    DDIM-50 (benchmarks/README.md).
 
     Length: ``steps`` optimizer steps, or with ``epochs`` set, ``ceil(epochs * N / batch_size)``
     steps for N images (resolved when the data is loaded and saved as ``steps``), or with
@@ -83,10 +85,10 @@ class TrainConfig(Config):
     loss: Literal["mse", "l1", "huber"] = "mse"
     weighting: Literal["none", "min-snr"] = "min-snr"
     snr_gamma: float = 5.0
-    steps: int = 1500
+    steps: int = 2200
     epochs: float | None = None
     time_budget: float | None = None
-    batch_size: int = 32
+    batch_size: int = 64
     optimizer: Literal["adamw", "adam"] = "adamw"
     lr: float = 2e-3
     weight_decay: float = 0.0
@@ -102,8 +104,8 @@ class TrainConfig(Config):
     keep_checkpoints: int = 3
     sample_every: int = 500
     sample_n: int = 64
-    sample_sampler: str = "ddim"
-    sample_steps: int = 50
+    sample_sampler: str = "dpmpp-2m-sde"
+    sample_steps: int = 10
     sample_variance: Literal["beta", "beta_tilde"] = "beta"
     sample_clip: bool = True
     sample_mix_offset: int = 0

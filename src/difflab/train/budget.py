@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 SKIP_STEPS = 3  # the first steps allocate memory and warm caches: not timed
 MIN_TIMED_STEPS = 5
-CALIBRATION_S = 10.0  # at most this long, or CALIBRATION_SHARE of the budget if that is less
-CALIBRATION_SHARE = 0.02
+CALIBRATION_S = 30.0  # at most this long, or CALIBRATION_SHARE of the budget if that is less
+CALIBRATION_SHARE = 0.05
 
 
 def calibration_done(step: int, timed_s: float, budget_s: float, warmup_steps: int) -> bool:
