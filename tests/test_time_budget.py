@@ -119,7 +119,15 @@ def test_calibration_waits_for_enough_timed_steps_then_the_warmup_or_the_time():
     assert calibration_done(first, 0.5, 10.0, warmup_steps=100)  # 5% of a short budget
 
 
-def test_budget_run_fits_its_steps_and_equals_the_run_of_that_many_steps(tmp_path, clock):
+@pytest.fixture
+def no_refit(monkeypatch):
+    """The fake clock's pace per reading differs between calibration and later steps (the
+    calibration reads it more often), which a refit would rightly correct: off for the tests of
+    the fit itself."""
+    monkeypatch.setattr(loop_module, "REFIT_AT", ())
+
+
+def test_budget_run_fits_its_steps_and_equals_the_run_of_that_many_steps(tmp_path, clock, no_refit):
     logs: list[str] = []
     result = train(TrainConfig(**TINY, time_budget=3.0), tmp_path / "budget", progress=False, log=logs.append)
     saved = json.loads((tmp_path / "budget" / "config.json").read_text())
@@ -138,7 +146,7 @@ def test_budget_run_fits_its_steps_and_equals_the_run_of_that_many_steps(tmp_pat
         assert torch.equal(a[k], b[k]), k
 
 
-def test_budget_run_killed_and_resumed_keeps_its_fit_and_remaining_budget(tmp_path, clock):
+def test_budget_run_killed_and_resumed_keeps_its_fit_and_remaining_budget(tmp_path, clock, no_refit):
     cfg = TrainConfig(**TINY, time_budget=3.0)
     kill_step = None
 
@@ -171,7 +179,7 @@ def test_budget_run_killed_and_resumed_keeps_its_fit_and_remaining_budget(tmp_pa
         assert torch.equal(a[k], b[k]), k
 
 
-def test_budget_run_stops_when_the_machine_slows_down(tmp_path, clock):
+def test_budget_run_stops_when_the_machine_slows_down(tmp_path, clock, no_refit):
     clock.slow_after(1.5, 0.2)
     logs: list[str] = []
     result = train(TrainConfig(**TINY, time_budget=3.0), tmp_path / "r", progress=False, log=logs.append)
@@ -237,3 +245,17 @@ def test_net_config_file(tmp_path):
     r = run_cli("train", "--data", "mnist", "--limit", "16", "--steps", "1", "--net-config", wrong,
                 "--out", tmp_path / "y", "--no-progress")
     assert r.returncode != 0 and "--channels 3" in r.stderr
+
+
+def test_budget_run_refits_when_the_machine_slows_down_early(tmp_path, clock):
+    clock.slow_after(0.5, 0.02)  # twice as slow from a sixth of the budget on, before the first refit
+    logs: list[str] = []
+    result = train(TrainConfig(**TINY, time_budget=3.0), tmp_path / "r", progress=False, log=logs.append)
+    records = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    first = next(r for r in records if "fitted_steps" in r)["fitted_steps"]
+    refits = [r for r in records if "refitted_steps" in r]
+    assert refits and refits[0]["previous_steps"] == first and refits[-1]["refitted_steps"] < first
+    assert result.steps == refits[-1]["refitted_steps"], "the refitted length is reached within the budget"
+    assert not any("stopping at step" in line for line in logs)
+    assert 0.8 * 3.0 < result.seconds <= 3.0
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["steps"] == result.steps

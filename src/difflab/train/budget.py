@@ -10,10 +10,16 @@ and ``e`` the measured seconds of one sample grid, checkpoint and evaluation, du
 
 steps in all, where ``k`` steps are done. ``N`` becomes the run's ``steps`` (saved in
 ``config.json`` and in every checkpoint), so the cosine decay of the learning rate ends at the
-budget and a resumed run keeps the same schedule and the budget it has left. Everything but ``N``
-is deterministic: a budgeted run that stops after ``N`` steps ends with the same weights as the
-run ``--steps N``, as long as the fit falls inside the warm-up (the decay has not started). If the
-machine slows down after the fit, the run stops when the budget is spent, before step ``N``.
+budget and a resumed run keeps the same schedule and the budget it has left.
+
+The speed of a shared machine drifts, so at a quarter and at half of the budget the run measures
+its speed again, over every step since the fit (sample grids and checkpoints included), and
+refits ``N`` when that moves it by more than 3%; the cosine decay then continues over the new
+length (a change of a few per cent in the progress of a decay that has barely started). After
+half of the budget ``N`` stays; if the machine slows down later, the run stops when the budget is
+spent, before step ``N``. Everything but the step counts is deterministic: a budgeted run whose
+speed held (no refit) ends with the same weights as the run ``--steps N``, as long as the fit
+falls inside the warm-up (the decay has not started).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ SKIP_STEPS = 3  # the first steps allocate memory and warm caches: not timed
 MIN_TIMED_STEPS = 5
 CALIBRATION_S = 30.0  # at most this long, or CALIBRATION_SHARE of the budget if that is less
 CALIBRATION_SHARE = 0.05
+REFIT_AT = (0.25, 0.5)  # shares of the budget at which the speed is measured again
+REFIT_TOLERANCE = 0.03  # refit when the step count would move by more than this
 
 
 def calibration_done(step: int, timed_s: float, budget_s: float, warmup_steps: int) -> bool:
@@ -54,6 +62,14 @@ def fit_steps(budget_s: float, elapsed_s: float, step: int, seconds_per_step: fl
     left = budget_s - elapsed_s - sum(w.seconds for w in side_work)
     per_step = seconds_per_step + sum(w.per_step() for w in side_work)
     return step + max(0, math.floor(left / per_step))
+
+
+def refit_steps(budget_s: float, elapsed_s: float, step: int, fit_step: int, fit_elapsed_s: float,
+                reserve_s: float) -> int:
+    """``N`` from the speed since the fit (``fit_step`` steps done after ``fit_elapsed_s``
+    seconds): the steps left in the budget after the final grid and checkpoint (``reserve_s``)."""
+    per_step = (elapsed_s - fit_elapsed_s) / max(1, step - fit_step)
+    return step + max(0, math.floor((budget_s - elapsed_s - reserve_s) / per_step))
 
 
 def parse_duration(text: str) -> float:

@@ -34,7 +34,15 @@ from difflab.device import resolve_device
 from difflab.losses import diffusion_loss
 from difflab.nets.basic_unet import corrupt_loss
 from difflab.run_config import TrainConfig
-from difflab.train.budget import SideWork, calibration_done, fit_steps, format_duration
+from difflab.train.budget import (
+    REFIT_AT,
+    REFIT_TOLERANCE,
+    SideWork,
+    calibration_done,
+    fit_steps,
+    format_duration,
+    refit_steps,
+)
 from difflab.train.checkpoint import (
     CheckpointError,
     atomic_write,
@@ -299,6 +307,8 @@ class Trainer:
         self.log_file: IO[str] | None = None
         self.t_start = self.window_t = clock()
         self.calibration: tuple[int, float] | None = None  # (step, time) where timing started
+        # Where the budget was fitted: step, training seconds, seconds reserved for the end, refits done.
+        self.fit_point: dict[str, float] | None = None
 
     def _caption_table(self) -> Any:
         """Every training caption encoded once, on the device (see :class:`CaptionTable`)."""
@@ -343,6 +353,7 @@ class Trainer:
             "epoch_losses": self.epoch_losses.state_dict(),
             "train_seconds": self.elapsed(),
             "total_steps": self.total_steps,
+            "fit_point": self.fit_point,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -363,6 +374,7 @@ class Trainer:
         self.spent_before = float(state.get("train_seconds", 0.0))
         if self.cfg.time_budget and state.get("total_steps"):
             self.set_total_steps(int(state["total_steps"]))
+            self.fit_point = state.get("fit_point")
 
     def resume(self) -> None:
         """Continue from the newest checkpoint in the run folder, if there is one."""
@@ -420,6 +432,8 @@ class Trainer:
             self.after_step()
             if self.total_steps is None:
                 self.calibrate()
+            elif self.fit_point is not None:
+                self.maybe_refit()
             if on_step is not None:
                 with forked_rng(self.device):
                     on_step(self.step, self.elapsed(), self.ema.model)
@@ -471,6 +485,8 @@ class Trainer:
             side.append(SideWork(clock() - t0, every))
         self.net.train()
         steps = fit_steps(cfg.time_budget, self.elapsed(), self.step, seconds_per_step, side)
+        self.fit_point = {"step": self.step, "elapsed": self.elapsed(),
+                          "reserve": sum(w.seconds for w in side), "refits": 0}
         self.set_total_steps(steps)
         self.checkpoint()  # the fitted length survives a kill from here on
         self.write_record({"step": self.step, "time_budget_s": cfg.time_budget, "fitted_steps": steps,
@@ -479,6 +495,24 @@ class Trainer:
         self.log(f"time budget {format_duration(cfg.time_budget)}: {seconds_per_step:.3f} s per step here "
                  f"(and {sum(w.per_step() for w in side):.3f} s per step of sample grids and checkpoints), "
                  f"so {steps} steps in all; the learning rate decays over them")
+
+    def maybe_refit(self) -> None:
+        """At the shares :data:`REFIT_AT` of the budget, measure the speed since the fit again and
+        refit the step count when it moved by more than :data:`REFIT_TOLERANCE`."""
+        fit, budget = self.fit_point, self.cfg.time_budget
+        assert fit is not None and budget is not None and self.total_steps is not None
+        done = int(fit["refits"])
+        if done >= len(REFIT_AT) or self.elapsed() < REFIT_AT[done] * budget:
+            return
+        fit["refits"] = done + 1
+        steps = refit_steps(budget, self.elapsed(), self.step, int(fit["step"]), fit["elapsed"],
+                            fit["reserve"])
+        if abs(steps - self.total_steps) <= REFIT_TOLERANCE * self.total_steps:
+            return
+        self.log(f"time budget: {REFIT_AT[done]:.0%} spent at step {self.step}, at a speed that fits {steps} "
+                 f"steps rather than {self.total_steps}: refitted")
+        self.write_record({"step": self.step, "refitted_steps": steps, "previous_steps": self.total_steps})
+        self.set_total_steps(steps)
 
     def stop_at_budget(self) -> None:
         """The budget is spent before the fitted step count (the machine got slower after the
