@@ -182,7 +182,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     group = sub.add_parser("edit", help="edit images with a trained run: inpaint, img2img, invert, "
                            "interpolate")
-    cmds = group.add_subparsers(dest="edit_command", required=True, parser_class=Parser)
+    cmds = group.add_subparsers(dest="edit_command", required=True, parser_class=Parser,
+                                metavar="inpaint|img2img|invert|interpolate")
 
     p = cmds.add_parser("inpaint", help="regenerate the white part of a mask (RePaint or "
                         "replace-known-region)")
