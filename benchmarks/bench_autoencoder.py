@@ -105,7 +105,7 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="write the rows here")
     args = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    print(machine_report(torch.device("cpu")), flush=True)
+    machine_report(torch.device("cpu"))
     rows = [r for r in args.rows if not r.startswith("fashion") or fashion_installed()]
     if len(rows) < len(args.rows):
         print("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist): its rows are skipped")
