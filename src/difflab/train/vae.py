@@ -99,6 +99,13 @@ def write_config(cfg: VAETrainConfig, out: Path, resume: bool) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(cfg.to_json() + "\n"))
 
 
+def spread(indices: Tensor, n: int) -> Tensor:
+    """``n`` of the sorted ``indices`` evenly spaced from first to last (all when n >= len)."""
+    if n >= len(indices):
+        return indices
+    return indices[torch.linspace(0, len(indices) - 1, n).round().long()]
+
+
 def hinge_d_loss(real: Tensor, fake: Tensor) -> Tensor:
     """Discriminator hinge loss 1/2 (E relu(1 - D(x)) + E relu(1 + D(x_rec))) (taming)."""
     return 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())
@@ -120,7 +127,9 @@ class VAETrainer:
         assert cfg.net is not None
         self.cfg, self.data, self.out, self.device, self.log = cfg, data, out, device, log
         self.train_idx, held = split_indices(len(data), cfg.holdout, cfg.seed)
-        self.held_idx = held[: cfg.eval_n]
+        # spread over the whole split (data sets stored sorted by label must not give one class)
+        self.held_idx = spread(held, cfg.eval_n)
+        self.scale_idx = spread(self.train_idx, cfg.scale_n)
         torch.manual_seed(cfg.seed)
         self.net = AutoencoderKL(cfg.net).to(device)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
@@ -197,7 +206,7 @@ class VAETrainer:
         scale = 1 / std and, with ``latent_shift``, shift = mean of the sampled latents."""
         with forked_rng(self.device):
             self.net.eval()
-            fit = self.images(self.train_idx[: self.cfg.scale_n])
+            fit = self.images(self.scale_idx)
             stats = scale_factor_from_data(self.net, fit, self.cfg.seed)
             self.net.train()
         shift = stats.mean if self.cfg.latent_shift else 0.0
@@ -311,10 +320,10 @@ class VAETrainer:
     def save_grid(self) -> Path:
         from difflab.viz import save_grid
 
-        n = min(32, len(self.held_idx))
         with forked_rng(self.device):
             self.net.eval()
-            originals = self.images(self.held_idx[:n])
+            originals = self.images(spread(self.held_idx, 32))
+            n = len(originals)
             recon = reconstruct(self.net, originals).clamp(-1, 1)
             self.net.train()
         cols = 8
