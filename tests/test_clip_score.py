@@ -137,7 +137,7 @@ def tiny_run(folder, text=True):
     net = UNetConfig(in_channels=1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, groups=4,
                      image_size=8, context_dim=384 if text else 0)
     data = DataConfig(source="digits", image_size=8, channels=1)
-    cfg = TrainConfig(data=data, net=net, T=20, sample_steps=2,
+    cfg = TrainConfig(data=data, net=net, T=20, sample_sampler="ddim", sample_steps=2,
                       cond="text" if text else "none", text=TextConfig(templates="digits") if text else None,
                       class_names=DIGITS if text else ())
     folder.mkdir()

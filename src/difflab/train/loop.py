@@ -182,8 +182,9 @@ def make_optimizer(cfg: TrainConfig, net: nn.Module, device: torch.device) -> to
 
 
 def use_channels_last(net: nn.Module, device: torch.device) -> bool:
-    """Whether to store ``net`` NHWC: 1.2x the images/s of the default UNet at batch 32 on a
-    CPU (bench_train_speed.py), for every network of 2-D convolutions on CPU or CUDA."""
+    """Whether to store ``net`` NHWC: 1.05-1.2x the images/s of the default UNet on a CPU
+    (benchmarks/README.md, "The loop, phase by phase"), for every network of 2-D convolutions on
+    CPU or CUDA."""
     return device.type in ("cpu", "cuda") and any(isinstance(m, nn.Conv2d) for m in net.modules())
 
 
