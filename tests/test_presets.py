@@ -197,6 +197,16 @@ def _code_default(command, action):
         return TrainConfig.default(FIELDS[action.dest])
     if command == "sample" and action.dest in _RUN_FIELDS:
         return TrainConfig.default(_RUN_FIELDS[action.dest])
+    if command == "train-vae":
+        from difflab.cli.vae import FIELDS as VAE_FIELDS
+        from difflab.latent.config import VAETrainConfig
+
+        if action.dest in VAE_FIELDS:
+            return VAETrainConfig.default(VAE_FIELDS[action.dest])
+        if action.dest == "res_blocks":
+            from difflab.nets.autoencoder import AutoencoderConfig
+
+            return AutoencoderConfig.default("res_blocks")
     if command == "demo" and action.dest == "time_budget":
         from difflab.demo import TIME_BUDGET_S
 

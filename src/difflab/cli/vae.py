@@ -121,6 +121,7 @@ def cmd_vae_check(args: argparse.Namespace) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from difflab.data import SPEC_FORMS
+    from difflab.nets.autoencoder import AutoencoderConfig
 
     p = sub.add_parser(
         "train-vae",
@@ -141,7 +142,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int_list,
         help="widths per level, e.g. 32,64,64 (sets the factor: 2^(levels-1); default 32,64,64,...)",
     )
-    p.add_argument("--res-blocks", type=positive_int, help="residual blocks per level (default: 1)")
+    p.add_argument("--res-blocks", type=positive_int,
+                   help=with_default("residual blocks per level", AutoencoderConfig.default("res_blocks")))
     p.add_argument("--steps", type=positive_int, help=_help("optimizer steps", "steps"))
     p.add_argument("--batch-size", type=positive_int, help=_help("images per step", "batch_size"))
     p.add_argument("--lr", type=positive_float, help=_help("Adam learning rate", "lr"))
