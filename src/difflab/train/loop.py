@@ -188,19 +188,21 @@ def use_channels_last(net: nn.Module, device: torch.device) -> bool:
     return device.type in ("cpu", "cuda") and any(isinstance(m, nn.Conv2d) for m in net.modules())
 
 
-def write_run_config(cfg: TrainConfig, out: Path, resume: bool) -> None:
+def write_run_config(cfg: Any, out: Path, resume: bool,
+                     may_change: str = "only --steps and logging/checkpoint intervals may change") -> None:
     """Write ``out/config.json``; a new run must not overwrite a run, and a resumed one must
-    match the saved config except in the fields that may change (``RESUMABLE_CHANGES``)."""
+    match the saved config (of ``cfg``'s type) except in the fields its ``differences`` skips
+    (``may_change`` names them for the error)."""
     cfg_path = out / "config.json"
     if resume:
         if not cfg_path.is_file():
             raise TrainingError(f"--resume: {out} has no config.json; start it without --resume")
-        saved = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+        saved = type(cfg).from_dict(json.loads(cfg_path.read_text()))
         diff = saved.differences(cfg)
         if diff:
             raise TrainingError(
                 f"--resume: {out} was trained with different {', '.join(diff)}; "
-                "use the same flags (only --steps and logging/checkpoint intervals may change) or a new --out"
+                f"use the same flags ({may_change}) or a new --out"
             )
     elif cfg_path.exists():
         raise TrainingError(

@@ -47,14 +47,19 @@ from difflab.latent.space import WEIGHTS
 from difflab.nets.autoencoder import AutoencoderConfig, AutoencoderKL, check_divisible
 from difflab.nets.patch_discriminator import PatchDiscriminator
 from difflab.train.checkpoint import (
-    atomic_write,
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
 )
 from difflab.train.classifier import split_indices
-from difflab.train.loop import TrainingError, forked_rng, global_rng_state, set_global_rng_state
+from difflab.train.loop import (
+    TrainingError,
+    forked_rng,
+    global_rng_state,
+    set_global_rng_state,
+    write_run_config,
+)
 
 Log = Callable[[str], None]
 GRID = "reconstructions.png"
@@ -81,22 +86,7 @@ def prepare(config: VAETrainConfig, log: Log) -> tuple[VAETrainConfig, ImageData
 
 
 def write_config(cfg: VAETrainConfig, out: Path, resume: bool) -> None:
-    path = out / "config.json"
-    if resume:
-        if not path.is_file():
-            raise TrainingError(f"--resume: {out} has no config.json; start it without --resume")
-        saved = VAETrainConfig.from_dict(json.loads(path.read_text()))
-        diff = saved.differences(cfg)
-        if diff:
-            raise TrainingError(
-                f"--resume: {out} was trained with different {', '.join(diff)}; use the same "
-                "flags (only --steps and logging/checkpoint/eval intervals may change) or a new --out"
-            )
-    elif path.exists():
-        raise TrainingError(
-            f"{out} already holds a run; pass --resume to continue it or choose another --out"
-        )
-    atomic_write(path, lambda tmp: tmp.write_text(cfg.to_json() + "\n"))
+    write_run_config(cfg, out, resume, "only --steps and logging/checkpoint/eval intervals may change")
 
 
 def spread(indices: Tensor, n: int) -> Tensor:
