@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from difflab.conditioning import ClassCondition
+from difflab.conditioning.lowres import LowResCondition
 from difflab.conditioning.text import TextCondition, TextConfig, as_prompts
 from difflab.config import check_choice
 from difflab.device import resolve_device
@@ -103,6 +104,7 @@ class Pipeline:
         classifier_scale: float = 1.0,
         noise: Tensor | None = None,
         first_step: int = 0,
+        lowres: Tensor | None = None,
         **options: Any,
     ) -> Tensor:
         """``n`` images in [-1, 1] on the CPU. Image i comes from seed ``seed + i`` (or
@@ -132,7 +134,12 @@ class Pipeline:
         ``noise`` ([n, C, H, W]) is the starting noise x_T itself instead of the seeds' draws (e.g.
         the output of DDIM inversion, :func:`difflab.edit.invert`; the seeds still drive the noise
         of stochastic samplers). ``first_step`` starts at that step of the grid, with ``noise`` the
-        x_t of its level (image-to-image, :func:`difflab.edit.img2img`)."""
+        x_t of its level (image-to-image, :func:`difflab.edit.img2img`).
+
+        ``lowres`` ([n, C, H/f, W/f] in [-1, 1]) are the images a super-resolution run
+        (``--cond lowres``) upscales by its factor f, one per sample (:func:`difflab.edit.upscale`);
+        ``guidance`` above 1 pushes away from the null (all-zero) condition if the run was trained
+        with ``cond_drop``."""
         if n < 1:
             raise ValueError(f"n must be a positive number of images, got {n}")
         if self.config.objective == "corrupt":
@@ -156,6 +163,7 @@ class Pipeline:
             classifier = self._classifier(classifier)
         texts = self._texts(n, prompts, negative_prompts, class_labels, classifier)
         labels = self._labels(n, class_labels, classifier)
+        small = self._lowres(n, lowres)
         guide = self._guidance(guidance)
         if seeds is not None and len(seeds) != n:
             raise ValueError(f"give one seed per image: {n} images, {len(seeds)} seeds")
@@ -171,7 +179,8 @@ class Pipeline:
                 x_T = noise[idx.start : idx.stop].to(self.device)
             batch_labels = None if labels is None else labels[idx.start : idx.stop]
             model, cond = self._conditioned(batch_labels if self.num_classes else None, guide,
-                                            None if texts is None else texts[idx.start : idx.stop])
+                                            None if texts is None else texts[idx.start : idx.stop],
+                                            None if small is None else small[idx.start : idx.stop])
             if classifier is not None:
                 model = classifier.guide(model, batch_labels, classifier_scale, schedule=self.schedule,
                                          prediction=self.config.prediction, sampler=sampler, steps=steps,
@@ -214,13 +223,16 @@ class Pipeline:
     def conditioned(self, n: int, *, class_labels: Sequence[int] | Tensor | None = None,
                     prompts: str | Sequence[str] | None = None,
                     negative_prompts: str | Sequence[str] | None = None,
-                    guidance: float | Guidance | None = None) -> tuple[Any, dict[str, Any] | None]:
+                    guidance: float | Guidance | None = None,
+                    lowres: Tensor | None = None) -> tuple[Any, dict[str, Any] | None]:
         """The model and conditioning :meth:`sample` would use for ``n`` images, for the loops
         that call the samplers or the denoiser themselves (:mod:`difflab.edit`): the network, or
-        the network under classifier-free guidance towards ``class_labels`` or ``prompts``."""
+        the network under classifier-free guidance towards ``class_labels``, ``prompts`` or the
+        ``lowres`` images of a super-resolution run."""
         texts = self._texts(n, prompts, negative_prompts, class_labels, None)
         labels = self._labels(n, class_labels)
-        return self._conditioned(labels if self.num_classes else None, self._guidance(guidance), texts)
+        return self._conditioned(labels if self.num_classes else None, self._guidance(guidance), texts,
+                                 self._lowres(n, lowres))
 
     @property
     def num_classes(self) -> int:
@@ -266,6 +278,26 @@ class Pipeline:
         return Guidance(self.config.sample_guidance if guidance is None else float(guidance))
 
     @property
+    def is_lowres(self) -> bool:
+        return self.config.cond == "lowres"
+
+    @property
+    def lowres_condition(self) -> LowResCondition:
+        return LowResCondition(self.config.lowres_factor, self.image_shape)
+
+    def _lowres(self, n: int, lowres: Tensor | None) -> Tensor | None:
+        if not self.is_lowres:
+            if lowres is not None:
+                raise ValueError(f"this run does not upscale images (its cond is {self.config.cond!r}; train "
+                                 "one with --cond lowres)")
+            return None
+        if lowres is None:
+            f = self.config.lowres_factor
+            raise ValueError(f"this run upscales images by {f} (--cond lowres): give the low-resolution "
+                             f"images (difflab edit upscale RUN --image small.png)")
+        return self.lowres_condition.check(lowres, n)
+
+    @property
     def is_text(self) -> bool:
         return self.config.cond == "text"
 
@@ -289,10 +321,16 @@ class Pipeline:
         neg = as_prompts("" if negatives is None else negatives, n, "negative prompts")
         return list(zip(pos, neg, strict=True))
 
-    def _conditioned(self, labels: Tensor | None, guide: Guidance, texts: list[tuple[str, str]] | None = None
-                     ) -> tuple[Any, dict[str, Any] | None]:
+    def _conditioned(self, labels: Tensor | None, guide: Guidance, texts: list[tuple[str, str]] | None = None,
+                     small: Tensor | None = None) -> tuple[Any, dict[str, Any] | None]:
         """The model to sample (the network, or the network under classifier-free guidance) and the
         conditioning of one batch."""
+        if small is not None:
+            lowres = self.lowres_condition
+            cond = lowres.cond(small, self.device)
+            if guide.scale == 1:
+                return self.net, cond
+            return CFGModel(self.net, guide, lowres.null(len(small), self.device), self.schedule), cond
         if texts is not None:
             text = self.text_condition
             prompts, negatives = zip(*texts, strict=True)

@@ -70,8 +70,11 @@ class TrainConfig(Config):
     ``cond`` is what the network is conditioned on: ``"class"`` labels (the label is replaced by the
     null class with probability ``cond_drop``, so one model samples conditionally and
     unconditionally) or ``"text"`` captions through a frozen text encoder (``text``: the encoder,
-    its max length and where the captions come from). ``class_names`` and ``text`` are resolved
-    from the data when training starts."""
+    its max length and where the captions come from), or ``"lowres"``: super-resolution (SR3,
+    Saharia et al. 2021), the network sees the image shrunk by ``lowres_factor`` and enlarged
+    again, joined to x_t on the channels (:mod:`difflab.conditioning.lowres`); ``difflab train``
+    trains it as SR3 does, without dropping the condition and sampled unguided. ``class_names``
+    and ``text`` are resolved from the data when training starts."""
 
     data: DataConfig = field(default_factory=DataConfig)
     net_kind: str = "unet"
@@ -97,8 +100,9 @@ class TrainConfig(Config):
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     ema_warmup: bool = True
-    cond: Literal["none", "class", "text"] = "none"
+    cond: Literal["none", "class", "text", "lowres"] = "none"
     cond_drop: float = 0.1
+    lowres_factor: int = 4
     seed: int = 0
     checkpoint_every: int = 250
     keep_checkpoints: int = 3
@@ -168,6 +172,10 @@ class TrainConfig(Config):
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not 0 <= self.cond_drop < 1:
             raise ValueError(f"cond_drop must lie in [0, 1), got {self.cond_drop}")
+        if self.cond == "lowres":
+            from difflab.conditioning.lowres import FACTORS
+
+            check_choice("lowres_factor", self.lowres_factor, FACTORS)
         from difflab.samplers import SAMPLERS
 
         check_choice("sample_sampler", self.sample_sampler, (*SAMPLERS, "mix"))

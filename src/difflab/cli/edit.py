@@ -1,5 +1,5 @@
-"""``difflab edit inpaint|img2img|invert|interpolate``: edit images with a trained run, without
-retraining (:mod:`difflab.edit`)."""
+"""``difflab edit inpaint|img2img|invert|interpolate|upscale``: edit images with a trained run
+(:mod:`difflab.edit`); ``upscale`` needs a run trained for it (``--cond lowres``)."""
 
 from __future__ import annotations
 
@@ -175,15 +175,71 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
         print(f"wrote {args.gif}")
 
 
+def _read_upscale_input(path: Path, pipe: Any, shrink: bool) -> Any:
+    """An image to upscale: at the run's low resolution, or with ``shrink`` at its full one."""
+    from PIL import Image
+
+    from difflab.edit import read_image
+
+    lowres = pipe.lowres_condition
+    (c, h, w), (_, big_h, big_w) = lowres.small_shape, pipe.image_shape
+    if path.is_file():
+        try:
+            with Image.open(path) as im:
+                size = im.size
+        except OSError:
+            size = None
+        if not shrink and size == (big_w, big_h):
+            raise ValueError(f"image {path} is {big_w}x{big_h}, the size this run draws; it upscales {w}x{h} "
+                             f"images by {lowres.factor}: add --shrink to upscale its shrunk copy")
+        if size is not None and size != ((big_w, big_h) if shrink else (w, h)):
+            want = f"{big_w}x{big_h} (with --shrink)" if shrink else f"{w}x{h}"
+            raise ValueError(f"image {path} is {size[0]}x{size[1]}; this run upscales {w}x{h} images by "
+                             f"{lowres.factor}: give a {want} image")
+    return read_image(path, pipe.image_shape if shrink else (c, h, w))
+
+
+def cmd_upscale(args: argparse.Namespace) -> None:
+    import torch
+
+    from difflab.cli.sample import sample_kwargs
+    from difflab.edit import bicubic, consistency, upscale_run
+    from difflab.viz import save_grid
+
+    kwargs = sample_kwargs(args)
+    pipe = _load(args)
+    if not pipe.is_lowres:
+        raise ValueError(f"{args.run} does not upscale images (it was trained with --cond "
+                         f"{pipe.config.cond}); train one with --cond lowres --factor 2|4")
+    lowres, factor = pipe.lowres_condition, pipe.config.lowres_factor
+    images = torch.cat([_read_upscale_input(path, pipe, args.shrink) for path in args.image])
+    small = lowres.shrink(images) if args.shrink else images
+    c, h, w = lowres.small_shape
+    print(f"upscale: {len(small)} image(s) {w}x{h} -> {w * factor}x{h * factor}, {args.n} sample(s) each")
+    kwargs.pop("seed")
+    out = upscale_run(pipe, small, n=args.n, seed=args.seed, **kwargs)
+    _write(out, args.out, nrow=args.n)
+    agree = consistency(out, small.repeat_interleave(args.n, 0), factor)
+    print(f"consistency (the output shrunk again vs the input): {agree.mean():.1f} dB PSNR "
+          f"(bicubic: {consistency(bicubic(small, factor), small, factor).mean():.1f} dB)")
+    if args.compare is not None:
+        columns = [bicubic(small, factor), *out.view(len(small), args.n, c, h * factor, w * factor).unbind(1)]
+        if args.shrink:
+            columns.append(images)
+        save_grid(torch.stack(columns, 1).flatten(0, 1), args.compare, nrow=len(columns))
+        print(f"wrote {args.compare}: per row bicubic, {args.n} upscaling(s)"
+              + (", the original" if args.shrink else ""))
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from difflab.cli.args import Parser
     from difflab.cli.sample import add_sample_args
     from difflab.edit import INPAINT_METHODS, INVERSIONS
 
     group = sub.add_parser("edit", help="edit images with a trained run: inpaint, img2img, invert, "
-                           "interpolate")
+                           "interpolate, upscale")
     cmds = group.add_subparsers(dest="edit_command", required=True, parser_class=Parser,
-                                metavar="inpaint|img2img|invert|interpolate")
+                                metavar="inpaint|img2img|invert|interpolate|upscale")
 
     p = cmds.add_parser("inpaint", help="regenerate the white part of a mask (RePaint or "
                         "replace-known-region)")
@@ -253,3 +309,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=with_default("the strip", "interpolation.png"))
     p.add_argument("--gif", type=Path, help="also write a GIF going there and back")
     p.set_defaults(func=cmd_interpolate)
+
+    p = cmds.add_parser("upscale", help="super-resolution with a run trained with --cond lowres (SR3)")
+    p.add_argument("run", type=Path, help="run folder written by `difflab train --cond lowres`")
+    add_sample_args(p)
+    p.add_argument("--image", type=Path, nargs="+", required=True,
+                   help="low-resolution image(s): the run's size divided by its factor")
+    p.add_argument("--shrink", action="store_true",
+                   help="the images are at the run's size: shrink them by the factor first (to compare "
+                   "with the original)")
+    p.add_argument("--out", type=Path, default=Path("upscaled.png"),
+                   help=with_default("output (a grid, one row per image, when there are several)",
+                                     "upscaled.png"))
+    p.add_argument("--compare", type=Path,
+                   help="also write a comparison: per image bicubic, the upscalings (and the original "
+                   "with --shrink)")
+    p.set_defaults(func=cmd_upscale, prompt_file=None, negative_prompt=None)
+    for action in p._actions:
+        if action.dest == "n":
+            action.default = 1
+            action.help = with_default("upscalings per image (different seeds)", 1)

@@ -24,7 +24,7 @@ FIELDS = {
     "loss": "loss", "weighting": "weighting", "ema_decay": "ema_decay",
     "checkpoint_every": "checkpoint_every", "sample_every": "sample_every", "eval_every": "eval_every",
     "eval_n": "eval_n", "device": "device", "cond": "cond", "cond_drop": "cond_drop",
-    "time_budget": "time_budget",
+    "time_budget": "time_budget", "factor": "lowres_factor",
 }
 # Command-line flag -> NetShape field (the default UNet's shape).
 SHAPE = {"base_channels": "base_channels", "channel_mult": "channel_mult", "res_blocks": "num_res_blocks",
@@ -86,6 +86,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cond", choices=TrainConfig.choices("cond"),
                    help=_config_help("condition on class labels or on text captions (sample with --class / "
                                      "--prompt and --guidance)", "cond"))
+    p.add_argument("--factor", type=positive_int, choices=(2, 4, 8),
+                   help=_config_help("--cond lowres: the upscaling factor (the network learns to enlarge "
+                                     "images shrunk by it; difflab edit upscale)", "lowres_factor"))
     p.add_argument("--cond-drop", type=non_negative_float,
                    help=_config_help("probability of training a sample with the null condition, so one model "
                                      "also samples unconditionally (classifier-free guidance)", "cond_drop"))
@@ -139,6 +142,11 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         overrides.setdefault("net_kind", "basic-unet")
     if args.prediction is None and overrides.get("net_kind") and predicts(overrides["net_kind"]) == "x0":
         overrides["prediction"] = "x0"
+    if args.factor is not None and args.cond != "lowres":
+        raise ValueError("--factor is the upscaling factor of a super-resolution run: add --cond lowres")
+    if args.cond == "lowres":  # SR3's recipe: always conditioned, sampled unguided
+        overrides.setdefault("cond_drop", 0.0)
+        overrides["sample_guidance"] = 1.0
     if args.preset:
         return preset_config(args.preset, small=args.small, **overrides)
     if args.small:

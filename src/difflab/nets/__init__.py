@@ -10,7 +10,8 @@ t. A network raises ``ValueError`` saying what it expects when given the wrong i
 channel count, or conditioning it does not take.
 
 Kinds: ``myunet`` (seed 000, 28x28), ``simple-unet`` (seed 004), ``basic-unet`` (seed 003, predicts
-x0), ``unet`` (the modern default), ``diffusers-unet`` and ``diffusers-cond-unet`` (diffusers'
+x0), ``unet`` (the modern default; it also takes ``concat``, an image joined to x on the channels,
+for super-resolution), ``diffusers-unet`` and ``diffusers-cond-unet`` (diffusers'
 UNets, seed 003).
 """
 
@@ -143,7 +144,7 @@ class NetShape(Config):
 
 
 def _unet_default(in_channels: int, image_size: int, num_classes: int, context_dim: int,
-                  shape: NetShape | None = None) -> UNetConfig:
+                  shape: NetShape | None = None, concat_channels: int = 0) -> UNetConfig:
     """Small and fast on a CPU: base 16, one res block per level, levels (1, 2, 4, 4, ...) until
     the smallest map is <= 8, attention in the middle block, and level attention where it pays:
     none for images of 32 or less without a context (attention at 7x7 costs ~30% of a 28x28 step
@@ -160,7 +161,7 @@ def _unet_default(in_channels: int, image_size: int, num_classes: int, context_d
         in_channels=in_channels, base_channels=shape.base_channels or 16,
         channel_mult=shape.channel_mult or tuple(mult), num_res_blocks=shape.num_res_blocks or 1,
         num_heads=4, groups=8, num_classes=num_classes, context_dim=context_dim,
-        image_size=image_size,
+        image_size=image_size, concat_channels=concat_channels,
     )
     if shape.attention_resolutions is not None:
         return cfg.replace(attention_resolutions=shape.attention_resolutions)
@@ -179,11 +180,15 @@ def default_net_config(
     context_dim: int = 0,
     n_steps: int = 1000,
     shape: NetShape | None = None,
+    concat_channels: int = 0,
 ) -> NetConfig:
     """Sensible small CPU defaults per kind for ``in_channels``x``image_size``x``image_size``
     data (already at :func:`required_image_size`). ``n_steps`` sizes MyUNet's timestep table;
-    ``shape`` changes the default UNet's width, depth or attention (unet only)."""
+    ``shape`` changes the default UNet's width, depth or attention and ``concat_channels`` adds
+    input channels for a concatenated condition image (unet only)."""
     kind = _check_kind(kind)
+    if concat_channels and kind != "unet":
+        raise ValueError(f"conditioning on an image (--cond lowres) needs --net unet, not {kind}")
     if shape is not None and not shape.is_default() and kind != "unet":
         raise ValueError(f"--base-channels, --channel-mult, --res-blocks and --attention-res shape "
                          f"--net unet; for {kind} write its config to a file and pass --net-config FILE.json")
@@ -201,7 +206,7 @@ def default_net_config(
     if kind == "basic-unet":
         return BasicUNetConfig(in_channels=in_channels, image_size=image_size)
     if kind == "unet":
-        return _unet_default(in_channels, image_size, num_classes, context_dim, shape)
+        return _unet_default(in_channels, image_size, num_classes, context_dim, shape, concat_channels)
     embeds = num_classes + 1 if num_classes else None
     if kind == "diffusers-unet":
         if context_dim:

@@ -91,3 +91,17 @@ def check_conditioning(
                 f"{name} expects context shaped [B, L, {context_dim}] with B = {batch}, "
                 f"got {tuple(context.shape)}"
             )
+
+
+def check_concat(name: str, concat: Tensor | None, concat_channels: int, x: Tensor) -> None:
+    """Reject a ``concat`` image a network does not take, or one not shaped like ``x`` with
+    ``concat_channels`` channels."""
+    if concat is None:
+        return
+    if concat_channels == 0:
+        raise ValueError(f"{name} takes no concat image (concat_channels=0); build it with "
+                         "concat_channels > 0 to condition on one")
+    want = (x.shape[0], concat_channels, *x.shape[2:])
+    if tuple(concat.shape) != want:
+        raise ValueError(f"{name} expects a concat image shaped {list(want)} (x's batch and size), "
+                         f"got {list(concat.shape)}")

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from difflab.config import Config
-from difflab.nets.base import check_conditioning, check_image, check_timesteps
+from difflab.nets.base import check_concat, check_conditioning, check_image, check_timesteps
 from difflab.nets.blocks import (
     Attention,
     CrossInputs,
@@ -58,10 +58,13 @@ class UNetConfig(Config):
     """The modern UNet. ``out_channels=None`` means ``in_channels``; ``attention_resolutions`` are
     feature-map sizes (of the padded input) that get attention and need ``image_size``;
     ``groups`` is clamped to divide each channel count; ``mid_attention`` puts attention in
-    the middle block."""
+    the middle block. ``concat_channels`` are extra input channels the ``concat`` image is
+    joined to x_t by (SR3's conditioning on the upsampled low-resolution image, Saharia et al.
+    2021, Sec. 2.1); the output keeps ``in_channels``."""
 
     kind: Literal["unet"] = "unet"
     in_channels: int = 1
+    concat_channels: int = 0
     out_channels: int | None = None
     base_channels: int = 64
     channel_mult: tuple[int, ...] = (1, 2, 2)
@@ -82,8 +85,8 @@ class UNetConfig(Config):
                              f"of positive ints, got {self.base_channels}, {self.channel_mult}")
         if self.num_res_blocks < 1 or self.num_heads < 1 or self.groups < 1:
             raise ValueError("UNetConfig needs num_res_blocks, num_heads and groups >= 1")
-        if self.num_classes < 0 or self.context_dim < 0:
-            raise ValueError("UNetConfig needs num_classes >= 0 and context_dim >= 0")
+        if self.num_classes < 0 or self.context_dim < 0 or self.concat_channels < 0:
+            raise ValueError("UNetConfig needs num_classes, context_dim and concat_channels >= 0")
         if self.attention_resolutions and self.image_size is None:
             raise ValueError(
                 "UNetConfig.attention_resolutions are feature-map sizes, so they need image_size; "
@@ -152,6 +155,7 @@ class UNet(nn.Module):
         self.config = c = config or UNetConfig()
         self.in_channels, self.image_size = c.in_channels, c.image_size
         self.num_classes, self.context_dim = c.num_classes, c.context_dim
+        self.concat_channels = c.concat_channels
         ch = c.base_channels
         emb_dim = 4 * ch
         self.time_embed = nn.Sequential(
@@ -166,7 +170,7 @@ class UNet(nn.Module):
             return Attention(channels, c.num_heads, c.groups, c.context_dim)
 
         attn_levels = c.attention_levels()
-        self.conv_in = nn.Conv2d(c.in_channels, ch, 3, padding=1)
+        self.conv_in = nn.Conv2d(c.in_channels + c.concat_channels, ch, 3, padding=1)
         self.down, widths = down_path(c, res, attn)
         skips = [ch, *widths]
         ch = widths[-1]
@@ -199,11 +203,16 @@ class UNet(nn.Module):
         *,
         class_labels: Tensor | None = None,
         context: Tensor | None = None,
+        concat: Tensor | None = None,
     ) -> Tensor:
         c = self.config
         check_image("UNet", x, c.in_channels, c.image_size)
         b, h, w = x.shape[0], x.shape[-2], x.shape[-1]
         check_conditioning("UNet", class_labels, context, c.num_classes, c.context_dim, b)
+        check_concat("UNet", concat, c.concat_channels, x)
+        if c.concat_channels:  # None is the null condition, an all-zero image (as for class labels)
+            x = torch.cat([x, x.new_zeros(b, c.concat_channels, h, w) if concat is None
+                           else concat.to(x.dtype)], dim=1)
         t = check_timesteps("UNet", t, b, x.device)
         emb = self.time_embed(timestep_embedding(t, c.base_channels).to(x.dtype))
         if self.class_embed is not None:

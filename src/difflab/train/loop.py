@@ -28,6 +28,7 @@ from typing import IO, Any
 import torch
 from torch import Tensor, nn
 
+from difflab.conditioning.lowres import LowResCondition, check_factor
 from difflab.conditioning.text import TextConfig
 from difflab.data import Batcher, ImageDataset, load_dataset
 from difflab.device import resolve_device
@@ -101,6 +102,11 @@ def prepare_data(cfg: TrainConfig, log: Log) -> tuple[TrainConfig, ImageDataset]
         raise TrainingError(f"--cond class needs labelled data, and {data.name} has no labels "
                             "(image folders get labels from their subfolders)")
     text = resolve_text(cfg, data) if cfg.cond == "text" else None
+    if cfg.cond == "lowres":
+        if cfg.net_kind != "unet":
+            raise TrainingError(f"--cond lowres needs --net unet (it joins the low-resolution image to x_t "
+                                f"on the channels), not {cfg.net_kind}")
+        check_factor(cfg.lowres_factor, h)
     net_cfg = cfg.net or default_net_config(
         cfg.net_kind,
         in_channels=c,
@@ -109,8 +115,12 @@ def prepare_data(cfg: TrainConfig, log: Log) -> tuple[TrainConfig, ImageDataset]
         num_classes=data.num_classes if cfg.class_cond else 0,
         context_dim=text.dim if text else 0,
         shape=cfg.net_shape,
+        concat_channels=c if cfg.cond == "lowres" else 0,
     )
     check_net_fits(net_cfg, c, h)
+    if cfg.cond == "lowres" and getattr(net_cfg, "concat_channels", 0) != c:
+        raise TrainingError(f"--cond lowres needs a network with concat_channels={c} (the image's channels), "
+                            f"got {getattr(net_cfg, 'concat_channels', 0)}")
     if text and getattr(net_cfg, "context_dim", 0) != text.dim:
         raise TrainingError(f"--cond text needs a network with context_dim={text.dim} ({text.encoder}'s "
                             f"width), got {getattr(net_cfg, 'context_dim', 0)}")
@@ -297,6 +307,7 @@ class Trainer:
         self.num_classes = int(getattr(self.net, "num_classes", 0))
         with forked_rng(device):  # loading the encoder must not move the RNG the steps draw from
             self.captions = self._caption_table() if cfg.cond == "text" else None
+        self.lowres = LowResCondition(cfg.lowres_factor, data.shape) if cfg.cond == "lowres" else None
         self.use_autocast = device.type == "cuda"
         self.evaluator = self._make_evaluator()
         # Reading a loss back forces a host-device sync; on accelerators do it every log_every steps.
@@ -572,6 +583,9 @@ class Trainer:
             cond = {"class_labels": torch.where(drop, self.num_classes, labels)}
         elif self.captions is not None:
             cond = {"context": self.captions.draw(b, labels, indices, cfg.cond_drop, gen)}
+        elif self.lowres is not None:
+            drop = torch.rand(b, generator=gen).to(device) < cfg.cond_drop if cfg.cond_drop else None
+            cond = self.lowres.training(x0, drop)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.use_autocast):
             if cfg.objective == "corrupt":
                 amount = torch.rand(b, generator=gen).to(device)
@@ -674,9 +688,21 @@ class Trainer:
 
         cfg = self.cfg
         pipe = Pipeline(self.ema.model, cfg, self.device)
-        images = pipe.sample(cfg.sample_n, sampler=cfg.sample_sampler, steps=cfg.sample_steps, seed=0)
+        extra = {} if self.lowres is None else {"lowres": self.lowres_inputs(cfg.sample_n)}
+        images = pipe.sample(cfg.sample_n, sampler=cfg.sample_sampler, steps=cfg.sample_steps, seed=0,
+                             **extra)
         save_grid(images, self.out / "samples" / f"step_{self.step:07d}.png")
         self.ema.model.eval()
+
+    def lowres_inputs(self, n: int) -> Tensor:
+        """The low-resolution images a super-resolution run's sample grids upscale: the first
+        ``n`` of a fixed shuffle of the data, shrunk."""
+        from difflab.conditioning.lowres import shrink
+
+        assert self.lowres is not None
+        pick = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(0))[:n]
+        x0, _ = self.data.batch(pick, device=self.device, flip=False)
+        return shrink(x0, self.lowres.factor)
 
     def run_eval(self) -> None:
         assert self.evaluator is not None
