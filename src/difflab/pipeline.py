@@ -50,9 +50,22 @@ class Pipeline:
     def load(cls, run: str | Path, device: str = "auto", weights: str | None = None) -> Pipeline:
         """Load ``run/config.json`` and its EMA weights: ``weights="best"`` (``best.safetensors``,
         the epoch with the lowest mean loss; the default for runs trained with ``keep_best``) or
-        ``"last"`` (``model.safetensors``, the default otherwise)."""
+        ``"last"`` (``model.safetensors``, the default otherwise). ``"diffusers:DIR"`` (or a folder
+        holding ``model_index.json``) loads a local diffusers pipeline instead
+        (:mod:`difflab.interop.load`)."""
+        from difflab.interop import diffusers_folder
         from difflab.nets import build_net
 
+        folder = diffusers_folder(run)
+        if folder is not None:
+            from difflab.interop.load import load_diffusers
+
+            if weights is not None:
+                raise ValueError("weights= chooses among a difflab run's files; a diffusers pipeline has one")
+            imported = load_diffusers(folder)
+            pipe = cls(imported.net, imported.config, resolve_device(device))
+            pipe.schedule = imported.schedule  # exact betas (trained_betas, other beta ranges)
+            return pipe
         run = Path(run)
         cfg_path = run / "config.json"
         if not cfg_path.is_file():

@@ -1,0 +1,246 @@
+"""``difflab export RUN --to diffusers OUT/``: a run folder as a diffusers pipeline folder.
+
+The folder loads with ``diffusers.DiffusionPipeline.from_pretrained(OUT)`` and samples with no
+network access:
+
+- unconditional runs: a standard ``DDIMPipeline`` (``DDPMPipeline`` for runs that sample with ddpm,
+  or ``scheduler="ddpm"``), ``unet/`` a ``UNet2DModel`` and ``scheduler/`` its config;
+- class-conditional runs: no standard diffusers pipeline takes class labels for a UNet2DModel, so
+  the folder holds ``pipeline_difflab.py`` (:mod:`difflab.interop.pipeline_difflab`, torch and
+  diffusers only) named in ``model_index.json``; diffusers runs it only with
+  ``trust_remote_code=True``.
+
+The network: ``--net diffusers-unet`` runs export their UNet2DModel itself (bit-exact); difflab's
+own UNet is converted (:func:`~difflab.interop.unet_convert.convert_unet`) and the conversion is
+checked by equal outputs before anything is written; other networks (the notes' seed networks,
+cross-attention, super-resolution) are refused with an error naming what has no diffusers form.
+
+The weights: the run's ``model.safetensors`` holds the EMA weights (the training loop writes the
+EMA copy there), and they are what is exported by default; ``weights="best"`` takes
+``best.safetensors``, ``weights="raw"`` the newest checkpoint's raw (non-EMA) network. The run
+folder is only read: the weights go into a fresh network, never swapped into a training state
+(diffusers PR #2706's pitfall), and ``OUT`` may not lie inside the run folder.
+
+The scheduler config carries every field that changes sampling
+(:func:`~difflab.interop.scheduler_config.to_scheduler_config`), and the export re-creates the
+scheduler in diffusers and checks its alpha-bar against the run's schedule. ``difflab.json`` records
+the run's config, the weights exported and the measured conversion difference; ``difflab.load`` of
+the folder reads it back (:mod:`difflab.interop.load`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from difflab.interop.load import SIDECAR
+from difflab.interop.scheduler_config import EXPORT_CLASSES, run_scheduler_config
+from difflab.io import CheckpointError, load_weights
+
+WEIGHT_CHOICES = ("ema", "best", "raw")
+SCHEDULER_CHOICES = ("ddim", "ddpm")
+CUSTOM_MODULE = "pipeline_difflab"
+CUSTOM_CLASS = "DifflabClassPipeline"
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What was written: the folder, the pipeline class, the weights, how exact it is."""
+
+    out: Path
+    pipeline_class: str
+    scheduler_class: str
+    weights: str
+    exact: str
+    max_difference: float
+    needs_trust_remote_code: bool
+
+    def lines(self) -> list[str]:
+        load = "DiffusionPipeline.from_pretrained(OUT" + (", trust_remote_code=True)" if
+                                                           self.needs_trust_remote_code else ")")
+        return [f"wrote {self.out} ({self.pipeline_class} + {self.scheduler_class}, {self.weights} weights)",
+                f"network: {self.exact}",
+                f"load it with diffusers: {load}"]
+
+
+def read_run(run: str | Path) -> Any:
+    """The :class:`~difflab.run_config.TrainConfig` of a run folder, or a one-line error."""
+    from difflab.run_config import TrainConfig
+
+    run = Path(run)
+    path = run / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{run} has no config.json; point at a folder written by `difflab train`")
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{path} is not a valid difflab config: {err}") from err
+
+
+_STEP = re.compile(r"step_(\d+)\.pt$")
+
+
+def run_weights(run: Path, weights: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The state dict to export and the file it came from (``ema``: model.safetensors, ``best``:
+    best.safetensors, ``raw``: the newest checkpoint's network, read with ``weights_only``)."""
+    if weights not in WEIGHT_CHOICES:
+        raise ValueError(f"weights={weights!r} is not valid; choose one of: {', '.join(WEIGHT_CHOICES)}")
+    if weights == "raw":
+        found = sorted((int(m.group(1)), p) for p in (run / "checkpoints").glob("step_*.pt")
+                       if (m := _STEP.search(p.name)))
+        if not found:
+            raise CheckpointError(f"{run} has no checkpoints/step_N.pt to take the raw weights from; "
+                                  "export the EMA weights (the default)")
+        path = found[-1][1]
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises many types for a bad file
+            raise CheckpointError(f"checkpoint {path} is unreadable ({type(err).__name__})") from err
+        if not isinstance(state, dict) or "model" not in state:
+            raise CheckpointError(f"checkpoint {path} holds no network weights")
+        return state["model"], str(path.relative_to(run))
+    name = "model.safetensors" if weights == "ema" else "best.safetensors"
+    if not (run / name).is_file():
+        hint = ("it was not trained with --keep-best" if weights == "best"
+                else "is training finished, or were the files moved?")
+        raise CheckpointError(f"{run} has no {name} (the {weights} weights): {hint}")
+    return load_weights(run / name), name
+
+
+def _unet2d(net: Any, config: Any) -> tuple[Any, str, float]:
+    """The UNet2DModel of a run's network, a line on how exact it is, and the measured difference."""
+    from difflab.interop.unet_convert import check_convertible, check_equal, convert_unet
+    from difflab.nets import DiffusersUNet, UNet
+
+    if isinstance(net, DiffusersUNet):
+        unet = copy.deepcopy(net.inner).eval()
+        return unet, "the run's own UNet2DModel (--net diffusers-unet): exact, same weights", 0.0
+    if isinstance(net, UNet):
+        size = check_convertible(net.config, config.data.image_size)
+        unet = convert_unet(net, size, check=False)
+        diff = check_equal(net, unet, size)
+        return unet, (f"difflab UNet converted to UNet2DModel(resnet_time_scale_shift='scale_shift'); "
+                      f"outputs equal to {diff:.1e} (relative)"), diff
+    kind = getattr(config, "net_kind", type(net).__name__)
+    raise ValueError(f"--net {kind} has no diffusers UNet2DModel form; export runs of --net unet or "
+                     "--net diffusers-unet")
+
+
+def _check_schedule(scheduler: Any, config: Any) -> None:
+    """The diffusers scheduler's alpha-bar must be the run's (else the config mapping is wrong)."""
+    ours = config.make_schedule().alphas_cumprod
+    theirs = scheduler.alphas_cumprod.double()
+    diff = float((ours - theirs).abs().max())
+    if not diff <= 1e-5:
+        raise ValueError(f"the exported scheduler's alpha-bar differs from the run's by {diff:.1e}; "
+                         "refusing to write a scheduler that samples another schedule")
+
+
+def _check_out(run: Path, out: Path) -> None:
+    r, o = run.resolve(), out.resolve()
+    if o == r or r in o.parents:
+        raise ValueError(f"{out} lies inside the run folder {run}; export to a folder outside it "
+                         "(the run folder is only read)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} already exists and is not empty; export to a new folder")
+
+
+def export_run(run: str | Path, out: str | Path, *, weights: str = "ema", scheduler: str | None = None,
+               to: str = "diffusers") -> ExportReport:
+    """Write ``run`` as a diffusers pipeline folder ``out`` (see the module docs)."""
+    from difflab.nets import build_net
+
+    if to != "diffusers":
+        raise ValueError(f"--to {to!r} is not a known format; difflab exports to: diffusers")
+    run, out = Path(run), Path(out)
+    if scheduler is not None and scheduler not in SCHEDULER_CHOICES:
+        raise ValueError(f"scheduler={scheduler!r} is not valid; choose one of: {', '.join(SCHEDULER_CHOICES)}")
+    config = read_run(run)
+    _check_out(run, out)
+    if config.objective != "diffusion":
+        raise ValueError(f"{run} was trained with --objective {config.objective} (seed 003's mixing model), "
+                         "which is not a diffusion model; diffusers has no pipeline for it")
+    if config.cond in ("text", "lowres"):
+        raise ValueError(f"{run} is conditioned on {config.cond} (--cond {config.cond}); difflab exports "
+                         "unconditional and class-conditional runs only")
+    net = build_net(config.net)
+    state, source = run_weights(run, weights)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{run / source} does not fit the network in config.json") from err
+    net.eval()
+    unet, exact, diff = _unet2d(net, config)
+
+    import diffusers
+
+    class_name = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler", None: None}[scheduler]
+    sched_cfg = run_scheduler_config(config, class_name)
+    class_name = sched_cfg["_class_name"]
+    assert class_name in EXPORT_CLASSES
+    sched = getattr(diffusers, class_name).from_config({k: v for k, v in sched_cfg.items()
+                                                         if not k.startswith("_")})
+    _check_schedule(sched, config)
+
+    conditional = bool(getattr(net, "num_classes", 0))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if conditional:
+            pipeline_class = CUSTOM_CLASS
+            unet.save_pretrained(tmp / "unet", safe_serialization=True)
+            sched.save_pretrained(tmp / "scheduler")
+            shutil.copyfile(Path(__file__).with_name(f"{CUSTOM_MODULE}.py"), tmp / f"{CUSTOM_MODULE}.py")
+            index = {"_class_name": [CUSTOM_MODULE, CUSTOM_CLASS], "_diffusers_version": diffusers.__version__,
+                     "scheduler": ["diffusers", class_name], "unet": ["diffusers", "UNet2DModel"]}
+            (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        else:
+            cls = diffusers.DDPMPipeline if class_name == "DDPMScheduler" else diffusers.DDIMPipeline
+            pipeline_class = cls.__name__
+            cls(unet=unet, scheduler=sched).save_pretrained(tmp, safe_serialization=True)
+        record = {
+            "difflab_export": 1,
+            "run": str(run),
+            "weights": weights,
+            "weights_file": source,
+            "network": exact,
+            "max_difference": diff,
+            "null_class": conditional,
+            "pipeline_class": pipeline_class,
+            "run_config": config.to_dict(),
+        }
+        (tmp / SIDECAR).write_text(json.dumps(record, indent=2) + "\n")
+        (tmp / "README.md").write_text(_readme(run, pipeline_class, class_name, weights, exact, conditional))
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportReport(out, pipeline_class, class_name, weights, exact, diff, conditional)
+
+
+def _readme(run: Path, pipeline: str, scheduler: str, weights: str, exact: str, conditional: bool) -> str:
+    load = ("pipe = DiffusionPipeline.from_pretrained(OUT, trust_remote_code=True)  # runs pipeline_difflab.py\n"
+            "images = pipe(class_labels=[0, 1, 2], guidance_scale=3.0, num_inference_steps=50).images"
+            if conditional else
+            "pipe = DiffusionPipeline.from_pretrained(OUT)\n"
+            "images = pipe(num_inference_steps=50"
+            + (", use_clipped_model_output=True" if scheduler == "DDIMScheduler" else "") + ").images")
+    return (f"# difflab export of {run.name}\n\n"
+            f"A diffusers pipeline ({pipeline}, {scheduler}) written by `difflab export` from {weights} weights.\n"
+            f"Network: {exact}.\n\n```python\nfrom diffusers import DiffusionPipeline\n{load}\n```\n\n"
+            "With DDIMScheduler, `use_clipped_model_output=True` re-derives eps from the clipped x_0 as "
+            "difflab's DDIM does (it matters only with clip_sample). `difflab.json` holds the run's config; "
+            "`difflab sample diffusers:OUT` samples the folder with difflab.\n")
+
+
+__all__ = ["SCHEDULER_CHOICES", "WEIGHT_CHOICES", "ExportReport", "export_run", "read_run", "run_weights"]

@@ -1,0 +1,55 @@
+"""A loaded diffusers ``UNet2DModel`` under the difflab network contract.
+
+``ImportedUNet(unet, num_classes)(x, t, class_labels=None, context=None)`` returns
+``unet(x, t, class_labels).sample``: the prediction the pipeline's scheduler config names (eps, x0
+or v), which the :class:`~difflab.diffusion.Denoiser` turns into x_0 like any difflab network's.
+Float timesteps (the sigma samplers) go to the sinusoidal embedding as they are.
+
+Class labels follow difflab's convention (:mod:`difflab.nets.diffusers_nets`): of
+``num_class_embeds`` embeddings the last is the null class (classifier-free guidance's
+"unconditional"), so ``num_classes = num_class_embeds - 1`` and ``class_labels=None`` means that
+label. A class-conditional UNet2DModel trained without a null class gets ``num_classes =
+num_class_embeds`` and needs a label for every sample.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from difflab.nets.base import check_conditioning, check_image, check_timesteps
+
+
+class ImportedUNet(nn.Module):
+    """``UNet2DModel`` (``.inner``) as a difflab network; ``config`` is diffusers' own config."""
+
+    name = "UNet2DModel"
+    context_dim = 0
+
+    def __init__(self, unet: nn.Module, *, null_class: bool = True) -> None:
+        super().__init__()
+        self.inner = unet
+        cfg = unet.config
+        self.config: Any = cfg
+        self.in_channels = int(cfg.in_channels)
+        size = cfg.sample_size
+        self.image_size = int(size[0] if isinstance(size, (list, tuple)) else size) if size else None
+        embeds = cfg.num_class_embeds
+        self.null_class = bool(embeds) and null_class
+        self.num_classes = 0 if not embeds else int(embeds) - (1 if null_class else 0)
+
+    def forward(self, x: Tensor, t: Tensor, *, class_labels: Tensor | None = None,
+                context: Tensor | None = None) -> Tensor:
+        check_image(self.name, x, self.in_channels, self.image_size)
+        check_conditioning(self.name, class_labels, context, self.num_classes, 0, len(x))
+        t = check_timesteps(self.name, t, len(x), x.device)
+        if self.num_classes and class_labels is None:
+            if not self.null_class:
+                raise ValueError("this UNet2DModel has no null class: give a class label for every image")
+            class_labels = torch.full((len(x),), self.num_classes, dtype=torch.long, device=x.device)
+        return self.inner(x, t, class_labels=class_labels).sample
+
+
+__all__ = ["ImportedUNet"]
