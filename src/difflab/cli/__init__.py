@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from difflab.cli import classifier, demo, edit, eval, sample, show, train, vae
+from difflab.cli import classifier, demo, edit, eval, export, sample, show, train, vae
 from difflab.cli.args import Parser
 
-GROUPS = (train, classifier, vae, sample, show, demo, eval, edit)
+GROUPS = (train, classifier, vae, sample, show, demo, eval, edit, export)
 
 
 def build_parser() -> Parser:

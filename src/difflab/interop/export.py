@@ -162,7 +162,8 @@ def export_run(run: str | Path, out: str | Path, *, weights: str = "ema", schedu
         raise ValueError(f"--to {to!r} is not a known format; difflab exports to: diffusers")
     run, out = Path(run), Path(out)
     if scheduler is not None and scheduler not in SCHEDULER_CHOICES:
-        raise ValueError(f"scheduler={scheduler!r} is not valid; choose one of: {', '.join(SCHEDULER_CHOICES)}")
+        raise ValueError(f"scheduler={scheduler!r} is not valid; choose one of: "
+                         f"{', '.join(SCHEDULER_CHOICES)}")
     config = read_run(run)
     _check_out(run, out)
     if config.objective != "diffusion":
@@ -199,7 +200,8 @@ def export_run(run: str | Path, out: str | Path, *, weights: str = "ema", schedu
             unet.save_pretrained(tmp / "unet", safe_serialization=True)
             sched.save_pretrained(tmp / "scheduler")
             shutil.copyfile(Path(__file__).with_name(f"{CUSTOM_MODULE}.py"), tmp / f"{CUSTOM_MODULE}.py")
-            index = {"_class_name": [CUSTOM_MODULE, CUSTOM_CLASS], "_diffusers_version": diffusers.__version__,
+            index = {"_class_name": [CUSTOM_MODULE, CUSTOM_CLASS],
+                     "_diffusers_version": diffusers.__version__,
                      "scheduler": ["diffusers", class_name], "unet": ["diffusers", "UNet2DModel"]}
             (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         else:
@@ -229,14 +231,16 @@ def export_run(run: str | Path, out: str | Path, *, weights: str = "ema", schedu
 
 
 def _readme(run: Path, pipeline: str, scheduler: str, weights: str, exact: str, conditional: bool) -> str:
-    load = ("pipe = DiffusionPipeline.from_pretrained(OUT, trust_remote_code=True)  # runs pipeline_difflab.py\n"
+    load = ("pipe = DiffusionPipeline.from_pretrained(OUT, trust_remote_code=True)"
+            "  # runs pipeline_difflab.py\n"
             "images = pipe(class_labels=[0, 1, 2], guidance_scale=3.0, num_inference_steps=50).images"
             if conditional else
             "pipe = DiffusionPipeline.from_pretrained(OUT)\n"
             "images = pipe(num_inference_steps=50"
             + (", use_clipped_model_output=True" if scheduler == "DDIMScheduler" else "") + ").images")
     return (f"# difflab export of {run.name}\n\n"
-            f"A diffusers pipeline ({pipeline}, {scheduler}) written by `difflab export` from {weights} weights.\n"
+            f"A diffusers pipeline ({pipeline}, {scheduler}) written by `difflab export` from {weights} "
+            "weights.\n"
             f"Network: {exact}.\n\n```python\nfrom diffusers import DiffusionPipeline\n{load}\n```\n\n"
             "With DDIMScheduler, `use_clipped_model_output=True` re-derives eps from the clipped x_0 as "
             "difflab's DDIM does (it matters only with clip_sample). `difflab.json` holds the run's config; "

@@ -176,7 +176,8 @@ def load_diffusers(folder: str | Path) -> Imported:
     try:
         config = TrainConfig.from_dict(fields)
     except (ValueError, TypeError) as err:
-        raise CheckpointError(f"{folder}: the pipeline does not make a valid difflab run config: {err}") from err
+        raise CheckpointError(f"{folder}: the pipeline does not make a valid difflab run config: "
+                              f"{err}") from err
     return Imported(net, config, imported.schedule, folder, imported)
 
 

@@ -27,7 +27,7 @@ class DifflabClassPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet, scheduler):  # noqa: ANN001 - diffusers passes its own component types
+    def __init__(self, unet, scheduler):  # diffusers passes its own component types
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
 

@@ -94,7 +94,8 @@ def to_scheduler_config(
     difflab run: every field that changes sampling is written. ``betas`` (float64, before any
     zero-terminal-SNR rescale) replaces the named schedule by ``trained_betas``."""
     if class_name not in EXPORT_CLASSES:
-        raise ValueError(f"scheduler {class_name!r} cannot be exported; choose one of: {', '.join(EXPORT_CLASSES)}")
+        raise ValueError(f"scheduler {class_name!r} cannot be exported; choose one of: "
+                         f"{', '.join(EXPORT_CLASSES)}")
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction {prediction!r} has no diffusers prediction_type; "
                          f"difflab exports {', '.join(PREDICTIONS)}")
@@ -164,7 +165,8 @@ def _class_defaults(class_name: str) -> dict[str, Any]:
         raise ValueError(f"scheduler class {class_name!r} is not a diffusers scheduler; difflab reads: "
                          f"{', '.join(SAMPLER_OF)}")
     params = inspect.signature(cls.__init__).parameters
-    return {k: p.default for k, p in params.items() if k != "self" and p.default is not inspect.Parameter.empty}
+    empty = inspect.Parameter.empty
+    return {k: p.default for k, p in params.items() if k != "self" and p.default is not empty}
 
 
 def _diffusers_betas(class_name: str, cfg: dict[str, Any]) -> torch.Tensor:
@@ -186,9 +188,11 @@ def from_scheduler_config(cfg: dict[str, Any], class_name: str | None = None) ->
     naming the first option difflab cannot honour."""
     class_name = class_name or cfg.get("_class_name")
     if not isinstance(class_name, str):
-        raise ValueError("scheduler_config.json has no _class_name; cannot tell which scheduler it configures")
+        raise ValueError("scheduler_config.json has no _class_name; cannot tell which scheduler it "
+                         "configures")
     if class_name not in SAMPLER_OF:
-        raise ValueError(f"scheduler {class_name} has no difflab sampler; difflab reads: {', '.join(SAMPLER_OF)}")
+        raise ValueError(f"scheduler {class_name} has no difflab sampler; difflab reads: "
+                         f"{', '.join(SAMPLER_OF)}")
     defaults = _class_defaults(class_name)
     full = {**defaults, **{k: v for k, v in cfg.items() if not k.startswith("_")}}
     notes: list[str] = []
