@@ -129,7 +129,7 @@ def _unet2d(net: Any, config: Any) -> tuple[Any, str, float]:
         diff = check_equal(net, unet, size)
         return unet, (f"difflab UNet converted to UNet2DModel(resnet_time_scale_shift='scale_shift'); "
                       f"outputs equal to {diff:.1e} (relative)"), diff
-    kind = getattr(config, "net_kind", type(net).__name__)
+    kind = getattr(config.net, "kind", None) or config.net_kind
     raise ValueError(f"--net {kind} has no diffusers UNet2DModel form; export runs of --net unet or "
                      "--net diffusers-unet")
 

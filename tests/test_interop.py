@@ -1,0 +1,472 @@
+"""diffusers interoperability (difflab.interop): export runs as pipelines, import pipeline folders.
+
+Everything is built here, tiny, with random weights (the tests check equivalence, not quality);
+nothing is downloaded. diffusers is the oracle: its own pipelines and schedulers sample the
+exported folders, and its schedulers are compared with difflab's samplers on imported ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+from difflab.cli import main  # noqa: E402
+from difflab.data import DataConfig  # noqa: E402
+from difflab.interop.scheduler_config import (  # noqa: E402
+    PREDICTIONS,
+    SCHEDULES,
+    from_scheduler_config,
+    to_scheduler_config,
+)
+from difflab.interop.unet_convert import check_equal, convert_unet  # noqa: E402
+from difflab.io import save_weights  # noqa: E402
+from difflab.nets import DiffusersUNetConfig, MyUNetConfig, UNet, UNetConfig, build_net  # noqa: E402
+from difflab.run_config import TrainConfig  # noqa: E402
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+TINY_UNET = UNetConfig(in_channels=1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, groups=4,
+                       image_size=8)
+TINY_DIFFUSERS = DiffusersUNetConfig(sample_size=8, block_out_channels=(8, 16), norm_num_groups=4,
+                                     attention_head_dim=4, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                     up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+
+
+def perturbed(net: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> torch.nn.Module:
+    """Random weights everywhere (several layers start at zero, which would hide wrong copies)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+    return net.eval()
+
+
+def make_run(folder: Path, net_cfg=TINY_UNET, **fields) -> Path:
+    fields = {"T": 20, "sample_steps": 4, **fields}
+    cfg = TrainConfig(data=DataConfig(source="digits", image_size=8, channels=1), net=net_cfg, **fields)
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(cfg.to_json() + "\n")
+    save_weights(perturbed(build_net(net_cfg)).state_dict(), folder / "model.safetensors")
+    return folder
+
+
+def seeded(n: int) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(i) for i in range(n)]
+
+
+def as_np(images: torch.Tensor) -> np.ndarray:
+    """difflab's [-1, 1] NCHW images as diffusers' output_type="np" images ([0, 1] NHWC)."""
+    return ((images + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return {
+        "unet": make_run(root / "unet"),
+        "class": make_run(root / "class", TINY_UNET.replace(num_classes=3), cond="class",
+                          class_names=("a", "b", "c")),
+        "diffusers": make_run(root / "diffusers", TINY_DIFFUSERS, prediction="eps", schedule="linear",
+                              sample_sampler="ddpm", sample_steps=20),
+    }
+
+
+# ---- import difflab stays free of diffusers ------------------------------------------------------
+def test_import_difflab_and_its_interop_does_not_import_diffusers():
+    code = ("import sys, difflab, difflab.interop, difflab.interop.load, difflab.interop.export, "
+            "difflab.interop.scheduler_config, difflab.interop.unet_convert\n"
+            "from difflab.cli import build_parser; build_parser()\n"
+            "print('diffusers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+# ---- scheduler configs, both ways ----------------------------------------------------------------
+SAMPLING_FIELDS = ("clip_sample", "clip_sample_range", "thresholding", "steps_offset", "timestep_spacing",
+                   "rescale_betas_zero_snr", "prediction_type", "num_train_timesteps", "beta_schedule",
+                   "beta_start", "beta_end", "trained_betas")
+
+
+@pytest.mark.parametrize("class_name", ["DDIMScheduler", "DDPMScheduler"])
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+@pytest.mark.parametrize("prediction", list(PREDICTIONS))
+@pytest.mark.parametrize("zero_snr", [False, True])
+def test_exported_scheduler_config_is_the_runs_schedule_in_diffusers_and_back(tmp_path, class_name, schedule,
+                                                                              prediction, zero_snr):
+    cfg = TrainConfig(schedule=schedule, T=50, prediction=prediction, zero_terminal_snr=zero_snr,
+                      sample_steps=10, sample_clip=False, sample_variance="beta_tilde")
+    written = to_scheduler_config(schedule, 50, prediction, zero_terminal_snr=zero_snr, clip=False,
+                                  variance="beta_tilde", class_name=class_name)
+    sched = getattr(diffusers, class_name).from_config(written)
+    sched.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "scheduler_config.json").read_text())
+    # every field that changes sampling is in the file itself, not left to a class default
+    need = (*SAMPLING_FIELDS, "set_alpha_to_one" if class_name == "DDIMScheduler" else "variance_type")
+    assert set(need) <= set(written)
+    assert {k: saved[k] for k in need} == {k: written[k] for k in need}
+    assert saved["timestep_spacing"] == "trailing" and saved["clip_sample"] is False
+    ours = cfg.make_schedule().alphas_cumprod
+    torch.testing.assert_close(sched.alphas_cumprod.double(), ours, atol=2e-6, rtol=1e-5)
+    back = from_scheduler_config(saved)
+    assert {k: back.fields[k] for k in ("schedule", "T", "prediction", "zero_terminal_snr", "sample_clip")} == {
+        "schedule": schedule, "T": 50, "prediction": prediction, "zero_terminal_snr": zero_snr,
+        "sample_clip": False}
+    torch.testing.assert_close(back.schedule.alphas_cumprod, ours, atol=2e-7, rtol=1e-6)
+    if class_name == "DDPMScheduler":
+        assert back.fields["sample_variance"] == "beta_tilde"
+
+
+@pytest.mark.parametrize("class_name, extra", [
+    ("DDPMScheduler", {"beta_schedule": "linear", "beta_start": 0.0002, "beta_end": 0.012}),
+    ("DDPMScheduler", {"beta_schedule": "laplace"}),
+    ("DDIMScheduler", {"beta_schedule": "scaled_linear", "beta_start": 0.001, "beta_end": 0.02,
+                       "rescale_betas_zero_snr": True, "prediction_type": "v_prediction"}),
+    ("DDIMScheduler", {"trained_betas": torch.linspace(1e-3, 0.2, 30).tolist()}),
+    ("EulerDiscreteScheduler", {"beta_schedule": "scaled_linear"}),
+])
+def test_imported_schedule_is_diffusers_own(class_name, extra):
+    T = 30
+    sched = getattr(diffusers, class_name)(num_train_timesteps=T, **extra)
+    got = from_scheduler_config(dict(sched.config), class_name)
+    torch.testing.assert_close(got.schedule.alphas_cumprod, sched.alphas_cumprod.double(), atol=1e-6,
+                               rtol=1e-5)
+    assert got.fields["T"] == T
+
+
+@pytest.mark.parametrize("class_name, option, value, named", [
+    ("DDIMScheduler", "thresholding", True, "thresholding"),
+    ("DDIMScheduler", "clip_sample_range", 2.0, "clip_sample_range"),
+    ("DDIMScheduler", "set_alpha_to_one", False, "set_alpha_to_one"),
+    ("DDIMScheduler", "steps_offset", 1, "steps_offset"),
+    ("DDPMScheduler", "variance_type", "learned_range", "variance_type"),
+    ("DDIMScheduler", "timestep_spacing", "karras", "timestep_spacing"),
+    ("DPMSolverMultistepScheduler", "solver_order", 3, "solver_order"),
+    ("EulerDiscreteScheduler", "use_karras_sigmas", True, "use_karras_sigmas"),
+])
+def test_a_scheduler_option_difflab_cannot_honour_is_named(class_name, option, value, named):
+    cfg = {"_class_name": class_name, "num_train_timesteps": 20, option: value}
+    with pytest.raises(ValueError, match=named) as err:
+        from_scheduler_config(cfg)
+    assert "\n" not in str(err.value)
+
+
+def test_inert_and_mapped_scheduler_options_are_accepted():
+    # steps_offset acts on the leading grid only; sample_max_value only with thresholding
+    got = from_scheduler_config({"_class_name": "DDIMScheduler", "num_train_timesteps": 20, "steps_offset": 1,
+                                 "timestep_spacing": "trailing", "sample_max_value": 3.0, "clip_sample": False})
+    assert got.spacing == "trailing" and got.fields["sample_clip"] is False
+    with pytest.raises(ValueError, match="scheduler FooScheduler"):
+        from_scheduler_config({"_class_name": "FooScheduler"})
+
+
+# ---- the UNet conversion -------------------------------------------------------------------------
+CONVERTIBLE = {
+    "tiny": TINY_UNET,
+    "attention levels, classes": UNetConfig(in_channels=3, base_channels=16, channel_mult=(1, 2, 2),
+                                            num_res_blocks=2, groups=8, image_size=16,
+                                            attention_resolutions=(8, 4), num_classes=3),
+    "no mid attention": TINY_UNET.replace(mid_attention=False, num_res_blocks=2),
+}
+
+
+@pytest.mark.parametrize("name", list(CONVERTIBLE))
+def test_converted_unet_gives_the_same_outputs(name):
+    cfg = CONVERTIBLE[name]
+    net = perturbed(UNet(cfg))
+    unet = convert_unet(net, check=False)
+    assert unet.config.resnet_time_scale_shift == "scale_shift"
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen)
+    for t in (torch.tensor([0, 5, 17, 999]), torch.tensor([0.5, 3.25, 100.0, 998.9])):  # int and float t
+        labels = torch.tensor([0, 1, 2, 3]) if cfg.num_classes else None  # 3 = the null class
+        ours = net(x, t, class_labels=labels)
+        theirs = unet(x, t, class_labels=labels).sample
+        torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-4)
+    if cfg.num_classes:  # difflab's class_labels=None is the null class, the last embedding
+        torch.testing.assert_close(unet(x, t, class_labels=torch.full((4,), 3)).sample, net(x, t),
+                                   atol=1e-5, rtol=1e-4)
+
+
+def test_conversion_check_catches_a_network_that_differs():
+    net = perturbed(UNet(TINY_UNET))
+    unet = convert_unet(net)
+    with torch.no_grad():
+        unet.up_blocks[0].resnets[0].conv2.weight.mul_(1.01)
+    with pytest.raises(ValueError, match="differs from the UNet"):
+        check_equal(net, unet, 8)
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"context_dim": 8}, "context_dim=8"),
+    ({"channel_mult": (2, 2)}, "channel_mult"),
+    ({"groups": 4, "base_channels": 6}, "groups=4"),
+    ({"channel_mult": (1, 2), "attention_resolutions": (8, 4), "num_heads": 2}, "attention heads"),
+    ({"image_size": 7}, "image size 7"),
+])
+def test_conversion_names_what_unet2d_cannot_express(change, named):
+    cfg = TINY_UNET.replace(**change)
+    with pytest.raises(ValueError, match=named):
+        convert_unet(UNet(cfg))
+
+
+# ---- export: diffusers samples what difflab samples ------------------------------------------------
+def test_export_samples_like_difflabs_ddim_and_leaves_the_run_alone(runs, tmp_path, capsys):
+    run = runs["unet"]
+    before = digest(run)
+    code, out, err = cli(capsys, "export", run, tmp_path / "out", "--to", "diffusers")
+    assert code == 0, err
+    assert "DDIMPipeline" in out and "outputs equal" in out
+    assert digest(run) == before
+    pipe = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "out")
+    assert type(pipe).__name__ == "DDIMPipeline" and type(pipe.scheduler).__name__ == "DDIMScheduler"
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(batch_size=3, generator=seeded(3), num_inference_steps=4, eta=0.0,
+                  use_clipped_model_output=True, output_type="np").images
+    import difflab
+
+    ours = difflab.load(run, device="cpu").sample(3, sampler="ddim", steps=4, eta=0.0, seed=0)
+    np.testing.assert_allclose(theirs, as_np(ours), atol=1e-4)
+    # and back: the exported folder sampled by difflab is the run
+    back = difflab.load(f"diffusers:{tmp_path / 'out'}", device="cpu")
+    assert (back.config.schedule, back.config.prediction, back.config.sample_sampler) == ("cosine", "v",
+                                                                                          "dpmpp-2m-sde")
+    for kwargs in ({"sampler": "ddim", "steps": 4}, {}):  # the run's own recipe too
+        torch.testing.assert_close(back.sample(3, seed=0, **kwargs),
+                                   difflab.load(run, device="cpu").sample(3, seed=0, **kwargs), atol=1e-4, rtol=0)
+
+
+def test_export_of_a_diffusers_unet_run_is_exact_and_samples_like_difflabs_ddpm(runs, tmp_path):
+    from difflab.interop.export import export_run
+    from difflab.io import load_weights
+
+    report = export_run(runs["diffusers"], tmp_path / "out")
+    assert report.pipeline_class == "DDPMPipeline" and report.max_difference == 0.0
+    pipe = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "out")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.scheduler.config.variance_type == "fixed_large"  # the run's "beta" variance
+    state = load_weights(runs["diffusers"] / "model.safetensors")
+    for key, value in pipe.unet.state_dict().items():
+        assert torch.equal(value, state[f"inner.{key}"]), key
+    import difflab
+
+    theirs = pipe(batch_size=3, generator=seeded(3), num_inference_steps=20, output_type="np").images
+    ours = difflab.load(runs["diffusers"], device="cpu").sample(3, sampler="ddpm", steps=20, seed=0)
+    np.testing.assert_allclose(theirs, as_np(ours), atol=1e-4)
+
+
+CLASS_PIPELINE = """
+import sys, numpy as np, torch
+from diffusers import DiffusionPipeline
+try:
+    DiffusionPipeline.from_pretrained(sys.argv[1])
+    print("LOADED WITHOUT TRUST")
+except ValueError as err:
+    print("refused:", "trust_remote_code" in str(err))
+pipe = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True)
+pipe.set_progress_bar_config(disable=True)
+print(type(pipe).__name__)
+gens = [torch.Generator().manual_seed(i) for i in range(3)]
+out = pipe(class_labels=[0, 2, 1], generator=gens, num_inference_steps=4, guidance_scale=2.5, output_type="np")
+np.save(sys.argv[2], out.images)
+"""
+
+
+def test_class_conditional_export_is_a_custom_pipeline_that_needs_trust_and_matches(runs, tmp_path):
+    from difflab.interop.export import export_run
+
+    report = export_run(runs["class"], tmp_path / "out")
+    assert report.needs_trust_remote_code
+    index = json.loads((tmp_path / "out" / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_difflab", "DifflabClassPipeline"]
+    assert "trust_remote_code=True" in (tmp_path / "out" / "README.md").read_text()
+    env = {**ENV, "HF_HOME": str(tmp_path / "hf"), "HF_MODULES_CACHE": str(tmp_path / "hf" / "modules")}
+    r = subprocess.run([sys.executable, "-c", CLASS_PIPELINE, str(tmp_path / "out"), str(tmp_path / "x.npy")],
+                       capture_output=True, text=True, env=env, check=False, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "refused: True" in r.stdout and "DifflabClassPipeline" in r.stdout
+    import difflab
+
+    ours = difflab.load(runs["class"], device="cpu").sample(3, sampler="ddim", steps=4, eta=0.0, seed=0,
+                                                            class_labels=[0, 2, 1], guidance=2.5)
+    np.testing.assert_allclose(np.load(tmp_path / "x.npy"), as_np(ours), atol=1e-4)
+    back = difflab.load(tmp_path / "out", device="cpu")  # a folder with model_index.json
+    assert back.num_classes == 3 and back.class_names == ("a", "b", "c")
+    torch.testing.assert_close(back.sample(3, sampler="ddim", steps=4, seed=0, class_labels=[0, 2, 1],
+                                           guidance=2.5), ours, atol=1e-4, rtol=0)
+
+
+def test_export_takes_the_ema_weights_unless_told_raw(runs, tmp_path):
+    from difflab.interop.export import export_run
+    from difflab.io import load_weights
+
+    run = tmp_path / "run"
+    make_run(run)
+    raw = perturbed(build_net(TINY_UNET), seed=5).state_dict()
+    (run / "checkpoints").mkdir()
+    torch.save({"model": raw, "ema": {"model": load_weights(run / "model.safetensors")}},
+               run / "checkpoints" / "step_0000010.pt")
+    x, t = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([3, 15])
+    for weights, state in (("ema", load_weights(run / "model.safetensors")), ("raw", raw)):
+        export_run(run, tmp_path / weights, weights=weights)
+        net = build_net(TINY_UNET)
+        net.load_state_dict(state)
+        unet = diffusers.UNet2DModel.from_pretrained(tmp_path / weights / "unet")
+        torch.testing.assert_close(unet(x, t).sample, net.eval()(x, t), atol=1e-5, rtol=1e-4)
+        assert json.loads((tmp_path / weights / "difflab.json").read_text())["weights"] == weights
+
+
+def test_export_errors_are_one_line(runs, tmp_path, capsys):
+    myunet = make_run(tmp_path / "myunet", MyUNetConfig(n_steps=20), sample_steps=4)
+    text = make_run(tmp_path / "text", TINY_UNET.replace(context_dim=8), cond="text")
+    nonempty = tmp_path / "full"
+    nonempty.mkdir()
+    (nonempty / "x").write_text("x")
+    cases = [
+        ((tmp_path / "nothing", tmp_path / "o1"), "has no config.json"),
+        ((runs["unet"], runs["unet"] / "export"), "inside the run folder"),
+        ((runs["unet"], nonempty), "not empty"),
+        ((myunet, tmp_path / "o2"), "--net myunet has no diffusers UNet2DModel form"),
+        ((text, tmp_path / "o3"), "conditioned on text"),
+        ((runs["unet"], tmp_path / "o4", "--weights", "best"), "has no best.safetensors"),
+        ((runs["unet"], tmp_path / "o5", "--weights", "raw"), "no checkpoints"),
+    ]
+    for args, message in cases:
+        code, _, err = cli(capsys, "export", *args, "--to", "diffusers")
+        assert code == 2 and message in err and err.count("\n") == 1, (args, err)
+    assert not (runs["unet"] / "export").exists() and not (tmp_path / "o2").exists()
+
+
+# ---- import: a diffusers pipeline folder under difflab's samplers ----------------------------------
+def foreign_pipeline(folder: Path, scheduler: str = "DDPMScheduler", **sched_kwargs) -> Path:
+    """A UNet2DModel pipeline as diffusers users write them (default time conditioning, not
+    difflab's), with a schedule difflab has no name for."""
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                 norm_num_groups=4, attention_head_dim=4, layers_per_block=1,
+                                 down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                 up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+    perturbed(unet)
+    kwargs = {"num_train_timesteps": 40, "beta_schedule": "linear", "beta_start": 0.0005, "beta_end": 0.05,
+              "clip_sample": False, **sched_kwargs}
+    sched = getattr(diffusers, scheduler)(**kwargs)
+    pipe_cls = diffusers.DDIMPipeline if scheduler == "DDIMScheduler" else diffusers.DDPMPipeline
+    pipe_cls(unet=unet, scheduler=sched).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_imported_pipeline_matches_diffusers_ddim_and_ddpm(tmp_path, prediction):
+    import difflab
+
+    folder = foreign_pipeline(tmp_path / "p", prediction_type=prediction)
+    pipe = difflab.load(f"diffusers:{folder}", device="cpu")
+    assert pipe.config.sample_sampler == "ddpm"
+    assert pipe.config.prediction == {"epsilon": "eps", "v_prediction": "v"}[prediction]
+    ddpm = diffusers.DDPMPipeline.from_pretrained(folder)
+    ddpm.set_progress_bar_config(disable=True)
+    theirs = ddpm(batch_size=3, generator=seeded(3), num_inference_steps=40, output_type="np").images
+    np.testing.assert_allclose(theirs, as_np(pipe.sample(3, seed=0)), atol=1e-4)  # the run default: ddpm, T
+    ddim = diffusers.DDIMPipeline(unet=ddpm.unet, scheduler=diffusers.DDIMScheduler.from_config(
+        ddpm.scheduler.config))
+    ddim.set_progress_bar_config(disable=True)
+    for spacing in ("leading", "trailing"):
+        ddim.scheduler = diffusers.DDIMScheduler.from_config(ddpm.scheduler.config, timestep_spacing=spacing)
+        theirs = ddim(batch_size=3, generator=seeded(3), num_inference_steps=8, eta=0.0, output_type="np").images
+        ours = pipe.sample(3, sampler="ddim", steps=8, eta=0.0, seed=0, spacing=spacing)
+        np.testing.assert_allclose(theirs, as_np(ours), atol=1e-4)
+
+
+def test_imported_pipeline_keeps_trained_betas_exactly(tmp_path):
+    import difflab
+
+    betas = torch.linspace(2e-3, 0.3, 40) ** 1.5
+    folder = foreign_pipeline(tmp_path / "p", "DDIMScheduler", trained_betas=betas.tolist(),
+                              prediction_type="v_prediction", timestep_spacing="trailing")
+    pipe = difflab.load(folder, device="cpu")
+    ref = diffusers.DDIMPipeline.from_pretrained(folder)
+    ref.set_progress_bar_config(disable=True)
+    torch.testing.assert_close(pipe.schedule.alphas_cumprod, ref.scheduler.alphas_cumprod.double(), atol=1e-6,
+                               rtol=1e-5)
+    theirs = ref(batch_size=2, generator=seeded(2), num_inference_steps=5, eta=0.0, output_type="np").images
+    np.testing.assert_allclose(theirs, as_np(pipe.sample(2, sampler="ddim", steps=5, seed=0)), atol=1e-4)
+
+
+def test_sample_eval_and_edit_commands_take_a_pipeline_folder(tmp_path, capsys):
+    from PIL import Image
+
+    folder = foreign_pipeline(tmp_path / "p")
+    code, out, err = cli(capsys, "sample", f"diffusers:{folder}", "--n", "2", "--sampler", "dpmpp-2m", "--steps",
+                         "4", "--out", tmp_path / "grid.png", "--device", "cpu")
+    assert code == 0 and (tmp_path / "grid.png").is_file(), err
+    code, out, err = cli(capsys, "eval", f"diffusers:{folder}", "--n", "2", "--metrics", "bpd", "--bpd-n", "2",
+                         "--bpd-timesteps", "2", "--data", "digits", "--no-progress", "--device", "cpu")
+    assert code == 0 and "| bpd |" in out, err
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4).save(tmp_path / "img.png")
+    code, out, err = cli(capsys, "edit", "img2img", f"diffusers:{folder}", "--image", tmp_path / "img.png",
+                         "--out", tmp_path / "i2i.png", "--device", "cpu")
+    assert code == 0 and (tmp_path / "i2i.png").is_file(), err
+
+
+def _break(folder: Path, how: str) -> None:
+    if how == "no weights":
+        (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    elif how == "pickled weights":
+        st = folder / "unet" / "diffusion_pytorch_model.safetensors"
+        st.rename(folder / "unet" / "diffusion_pytorch_model.bin")
+    elif how == "no scheduler config":
+        (folder / "scheduler" / "scheduler_config.json").unlink()
+    elif how == "thresholding":
+        path = folder / "scheduler" / "scheduler_config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "thresholding": True}))
+    elif how == "vae":
+        index = json.loads((folder / "model_index.json").read_text())
+        (folder / "model_index.json").write_text(json.dumps({**index, "vqvae": ["diffusers", "VQModel"]}))
+    elif how == "text unet":
+        path = folder / "unet" / "config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "_class_name": "UNet2DConditionModel"}))
+
+
+@pytest.mark.parametrize("how, message", [
+    ("no weights", "has no weights file diffusion_pytorch_model.safetensors"),
+    ("pickled weights", "holds only pickled weights"),
+    ("no scheduler config", "has no scheduler/scheduler_config.json"),
+    ("thresholding", "thresholding=True"),
+    ("vae", "vqvae (VQModel) have no difflab mapping"),
+    ("text unet", "UNet2DConditionModel"),
+])
+def test_a_broken_pipeline_folder_is_a_one_line_error(tmp_path, capsys, how, message):
+    folder = foreign_pipeline(tmp_path / "p")
+    _break(folder, how)
+    code, _, err = cli(capsys, "sample", f"diffusers:{folder}", "--n", "1", "--out", tmp_path / "x.png")
+    assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_a_folder_that_is_not_a_pipeline_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for source, message in ((f"diffusers:{tmp_path / 'missing'}", "is not a folder"),
+                            (f"diffusers:{tmp_path / 'empty'}", "not a diffusers pipeline folder: it has no "
+                                                                "model_index.json")):
+        code, _, err = cli(capsys, "sample", source, "--n", "1", "--out", tmp_path / "x.png")
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "x.png").exists()
