@@ -37,7 +37,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 TINY_UNET = UNetConfig(in_channels=1, base_channels=8, channel_mult=(1, 2), num_res_blocks=1, groups=4,
                        image_size=8)
 TINY_DIFFUSERS = DiffusersUNetConfig(sample_size=8, block_out_channels=(8, 16), norm_num_groups=4,
-                                     attention_head_dim=4, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                                     attention_head_dim=4,
+                                     down_block_types=("DownBlock2D", "AttnDownBlock2D"),
                                      up_block_types=("AttnUpBlock2D", "UpBlock2D"))
 
 
@@ -129,7 +130,8 @@ def test_exported_scheduler_config_is_the_runs_schedule_in_diffusers_and_back(tm
     ours = cfg.make_schedule().alphas_cumprod
     torch.testing.assert_close(sched.alphas_cumprod.double(), ours, atol=2e-6, rtol=1e-5)
     back = from_scheduler_config(saved)
-    assert {k: back.fields[k] for k in ("schedule", "T", "prediction", "zero_terminal_snr", "sample_clip")} == {
+    keys = ("schedule", "T", "prediction", "zero_terminal_snr", "sample_clip")
+    assert {k: back.fields[k] for k in keys} == {
         "schedule": schedule, "T": 50, "prediction": prediction, "zero_terminal_snr": zero_snr,
         "sample_clip": False}
     torch.testing.assert_close(back.schedule.alphas_cumprod, ours, atol=2e-7, rtol=1e-6)
@@ -173,8 +175,9 @@ def test_a_scheduler_option_difflab_cannot_honour_is_named(class_name, option, v
 
 def test_inert_and_mapped_scheduler_options_are_accepted():
     # steps_offset acts on the leading grid only; sample_max_value only with thresholding
-    got = from_scheduler_config({"_class_name": "DDIMScheduler", "num_train_timesteps": 20, "steps_offset": 1,
-                                 "timestep_spacing": "trailing", "sample_max_value": 3.0, "clip_sample": False})
+    got = from_scheduler_config({"_class_name": "DDIMScheduler", "num_train_timesteps": 20,
+                                 "steps_offset": 1, "timestep_spacing": "trailing",
+                                 "sample_max_value": 3.0, "clip_sample": False})
     assert got.spacing == "trailing" and got.fields["sample_clip"] is False
     with pytest.raises(ValueError, match="scheduler FooScheduler"):
         from_scheduler_config({"_class_name": "FooScheduler"})
@@ -251,9 +254,10 @@ def test_export_samples_like_difflabs_ddim_and_leaves_the_run_alone(runs, tmp_pa
     back = difflab.load(f"diffusers:{tmp_path / 'out'}", device="cpu")
     assert (back.config.schedule, back.config.prediction, back.config.sample_sampler) == ("cosine", "v",
                                                                                           "dpmpp-2m-sde")
+    original = difflab.load(run, device="cpu")
     for kwargs in ({"sampler": "ddim", "steps": 4}, {}):  # the run's own recipe too
-        torch.testing.assert_close(back.sample(3, seed=0, **kwargs),
-                                   difflab.load(run, device="cpu").sample(3, seed=0, **kwargs), atol=1e-4, rtol=0)
+        torch.testing.assert_close(back.sample(3, seed=0, **kwargs), original.sample(3, seed=0, **kwargs),
+                                   atol=1e-4, rtol=0)
 
 
 def test_export_of_a_diffusers_unet_run_is_exact_and_samples_like_difflabs_ddpm(runs, tmp_path):
@@ -287,7 +291,8 @@ pipe = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True)
 pipe.set_progress_bar_config(disable=True)
 print(type(pipe).__name__)
 gens = [torch.Generator().manual_seed(i) for i in range(3)]
-out = pipe(class_labels=[0, 2, 1], generator=gens, num_inference_steps=4, guidance_scale=2.5, output_type="np")
+out = pipe(class_labels=[0, 2, 1], generator=gens, num_inference_steps=4, guidance_scale=2.5,
+           output_type="np")
 np.save(sys.argv[2], out.images)
 """
 
@@ -392,7 +397,8 @@ def test_imported_pipeline_matches_diffusers_ddim_and_ddpm(tmp_path, prediction)
     ddim.set_progress_bar_config(disable=True)
     for spacing in ("leading", "trailing"):
         ddim.scheduler = diffusers.DDIMScheduler.from_config(ddpm.scheduler.config, timestep_spacing=spacing)
-        theirs = ddim(batch_size=3, generator=seeded(3), num_inference_steps=8, eta=0.0, output_type="np").images
+        theirs = ddim(batch_size=3, generator=seeded(3), num_inference_steps=8, eta=0.0,
+                      output_type="np").images
         ours = pipe.sample(3, sampler="ddim", steps=8, eta=0.0, seed=0, spacing=spacing)
         np.testing.assert_allclose(theirs, as_np(ours), atol=1e-4)
 
@@ -416,11 +422,12 @@ def test_sample_eval_and_edit_commands_take_a_pipeline_folder(tmp_path, capsys):
     from PIL import Image
 
     folder = foreign_pipeline(tmp_path / "p")
-    code, out, err = cli(capsys, "sample", f"diffusers:{folder}", "--n", "2", "--sampler", "dpmpp-2m", "--steps",
-                         "4", "--out", tmp_path / "grid.png", "--device", "cpu")
+    code, out, err = cli(capsys, "sample", f"diffusers:{folder}", "--n", "2", "--sampler", "dpmpp-2m",
+                         "--steps", "4", "--out", tmp_path / "grid.png", "--device", "cpu")
     assert code == 0 and (tmp_path / "grid.png").is_file(), err
-    code, out, err = cli(capsys, "eval", f"diffusers:{folder}", "--n", "2", "--metrics", "bpd", "--bpd-n", "2",
-                         "--bpd-timesteps", "2", "--data", "digits", "--no-progress", "--device", "cpu")
+    code, out, err = cli(capsys, "eval", f"diffusers:{folder}", "--n", "2", "--metrics", "bpd",
+                         "--bpd-n", "2", "--bpd-timesteps", "2", "--data", "digits", "--no-progress",
+                         "--device", "cpu")
     assert code == 0 and "| bpd |" in out, err
     Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) * 4).save(tmp_path / "img.png")
     code, out, err = cli(capsys, "edit", "img2img", f"diffusers:{folder}", "--image", tmp_path / "img.png",
