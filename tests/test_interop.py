@@ -319,6 +319,9 @@ def test_class_conditional_export_is_a_custom_pipeline_that_needs_trust_and_matc
     assert back.num_classes == 3 and back.class_names == ("a", "b", "c")
     torch.testing.assert_close(back.sample(3, sampler="ddim", steps=4, seed=0, class_labels=[0, 2, 1],
                                            guidance=2.5), ours, atol=1e-4, rtol=0)
+    original = difflab.load(runs["class"], device="cpu")  # no labels: the null class in both
+    torch.testing.assert_close(back.sample(2, sampler="ddim", steps=4, seed=0),
+                               original.sample(2, sampler="ddim", steps=4, seed=0), atol=1e-4, rtol=0)
 
 
 def test_export_takes_the_ema_weights_unless_told_raw(runs, tmp_path):
