@@ -260,6 +260,27 @@ def test_export_samples_like_difflabs_ddim_and_leaves_the_run_alone(runs, tmp_pa
                                    atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("schedule, prediction, zero_snr, clip", [
+    ("sigmoid", "eps", False, False),  # DDIMScheduler has no sigmoid: exported as trained_betas
+    ("linear", "x0", True, False),
+    ("scaled_linear", "v", True, True),
+    ("cosine", "eps", True, True),  # eps at zero SNR needs the clip (both libraries divide by 0)
+])
+def test_exported_schedules_and_predictions_sample_alike(tmp_path, schedule, prediction, zero_snr, clip):
+    import difflab
+    from difflab.interop.export import export_run
+
+    run = make_run(tmp_path / "run", schedule=schedule, prediction=prediction, zero_terminal_snr=zero_snr,
+                   sample_clip=clip)
+    export_run(run, tmp_path / "out")
+    pipe = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "out")
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(batch_size=2, generator=seeded(2), num_inference_steps=5, use_clipped_model_output=True,
+                  output_type="np").images
+    ours = difflab.load(run, device="cpu").sample(2, sampler="ddim", steps=5, seed=0)
+    np.testing.assert_allclose(theirs, as_np(ours), atol=1e-4)
+
+
 def test_export_of_a_diffusers_unet_run_is_exact_and_samples_like_difflabs_ddpm(runs, tmp_path):
     from difflab.interop.export import export_run
     from difflab.io import load_weights
