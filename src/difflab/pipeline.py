@@ -18,6 +18,7 @@ from difflab.config import check_choice
 from difflab.device import resolve_device
 from difflab.guidance import CFGModel, Guidance
 from difflab.io import CheckpointError, load_weights
+from difflab.latent.space import RUN_COPY, LatentSpace
 from difflab.noise import generators_from_seeds
 from difflab.run_config import TrainConfig
 from difflab.samplers.base import StepCallback
@@ -40,11 +41,16 @@ def _weights_file(run: Path, config: TrainConfig, weights: str | None) -> str:
 class Pipeline:
     """A network, its training config and its schedule; samples images in [-1, 1]."""
 
-    def __init__(self, net: nn.Module, config: TrainConfig, device: str | torch.device = "cpu") -> None:
+    def __init__(self, net: nn.Module, config: TrainConfig, device: str | torch.device = "cpu",
+                 latent: LatentSpace | None = None) -> None:
+        """``latent``: a latent run's autoencoder (default: loaded from ``config.latent``)."""
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
         self.config = config
         self.schedule = config.make_schedule()
+        if config.latent and latent is None:
+            latent = load_run_latent_space(config, None)
+        self.latent = None if latent is None else latent.to(self.device)
 
     @classmethod
     def load(cls, run: str | Path, device: str = "auto", weights: str | None = None) -> Pipeline:
@@ -83,14 +89,30 @@ class Pipeline:
             raise CheckpointError(
                 f"{path} does not fit the network in config.json; were the files copied from different runs?"
             ) from err
-        return cls(net, config, resolve_device(device))
+        latent = load_run_latent_space(config, run) if config.latent else None
+        return cls(net, config, resolve_device(device), latent)
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of what the sampler denoises: the image, or a latent run's latent."""
+        if self.latent is not None:
+            return (int(self.net.in_channels), int(self.net.image_size), int(self.net.image_size))
+        return self.image_shape
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images this run draws."""
         data = self.config.data
+        if self.latent is not None:
+            size = int(data.image_size)  # type: ignore[arg-type]
+            return (int(data.channels or 1), size, size)
         net = self.net
         size = data.image_size or getattr(net, "image_size", None) or 28
         return (int(getattr(net, "in_channels", 1)), int(size), int(size))
+
+    def decode(self, x: Tensor) -> Tensor:
+        """What the sampler made, as images: a latent run's latents decoded, pixels as they are."""
+        return x if self.latent is None else self.latent.from_latent(x)
 
     @torch.no_grad()
     def sample(
@@ -182,12 +204,14 @@ class Pipeline:
             raise ValueError(f"give one seed per image: {n} images, {len(seeds)} seeds")
         all_seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
         if noise is not None:
-            noise = self.check_images(noise, n, "noise")
+            noise = self.check_images(noise, n, "noise", self.sample_shape)
+        if callback is not None and self.latent is not None:
+            callback = self._decoding(callback)
         out = []
         for start in range(0, n, batch_size):
             idx = range(start, min(n, start + batch_size))
             gens = generators_from_seeds([all_seeds[i] for i in idx])
-            x_T = torch.stack([torch.randn(self.image_shape, generator=g) for g in gens]).to(self.device)
+            x_T = torch.stack([torch.randn(self.sample_shape, generator=g) for g in gens]).to(self.device)
             if noise is not None:  # the seeds' own x_T is drawn all the same: their later noise stays
                 x_T = noise[idx.start : idx.stop].to(self.device)
             batch_labels = None if labels is None else labels[idx.start : idx.stop]
@@ -217,13 +241,23 @@ class Pipeline:
                 first_step=first_step,
                 **options,
             )
-            out.append(x.float().clamp(-1, 1).cpu())
+            out.append(self.decode(x).float().clamp(-1, 1).cpu())
         return torch.cat(out)
 
-    def check_images(self, x: Tensor, n: int | None = None, what: str = "images") -> Tensor:
-        """``x`` as a float tensor [n, C, H, W] of this run's image shape, or a one-line error."""
+    def _decoding(self, callback: StepCallback) -> StepCallback:
+        """A latent run's step callback sees decoded images: x_t and the predicted x_0."""
+
+        def decoded(i: int, t: Any, x: Tensor, x0: Tensor) -> None:
+            callback(i, t, self.decode(x), self.decode(x0))
+
+        return decoded
+
+    def check_images(self, x: Tensor, n: int | None = None, what: str = "images",
+                     shape: tuple[int, int, int] | None = None) -> Tensor:
+        """``x`` as a float tensor [n, C, H, W] of ``shape`` (this run's image shape), or a one-line
+        error."""
         x = torch.as_tensor(x)
-        want = (n if n is not None else (x.shape[0] if x.ndim == 4 else 1), *self.image_shape)
+        want = (n if n is not None else (x.shape[0] if x.ndim == 4 else 1), *(shape or self.image_shape))
         if x.ndim == 3:
             x = x[None]
         if tuple(x.shape) != want:
@@ -386,6 +420,22 @@ class Pipeline:
 
         arrays = to_uint8(self.sample(n, **kwargs))
         return [Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a) for a in arrays]
+
+
+def load_run_latent_space(config: TrainConfig, run: Path | None) -> LatentSpace:
+    """A latent run's autoencoder: ``run/autoencoder.safetensors`` (the copy training keeps with
+    the run) or else ``config.latent``, refused unless its weights are the ones the run was trained
+    with (both digests named)."""
+    from difflab.latent import load_latent_space
+
+    assert config.latent is not None
+    copy = None if run is None else run / RUN_COPY
+    source = copy if copy is not None and copy.is_file() else config.latent
+    space = load_latent_space(source)
+    if config.latent_digest and space.digest != config.latent_digest:
+        raise CheckpointError(f"the autoencoder {source} is {space.digest}, but the run was trained with "
+                              f"{config.latent_digest}; give it the autoencoder it was trained with")
+    return space
 
 
 def load(run: str | Path, device: str = "auto", weights: str | None = None) -> Pipeline:

@@ -35,6 +35,7 @@ RESUMABLE_CHANGES = (
     "sample_mix_offset",
     "sample_guidance",
     "epochs",
+    "latent",  # where the autoencoder lives may change; its weights (latent_digest) may not
 )
 
 
@@ -74,7 +75,14 @@ class TrainConfig(Config):
     Saharia et al. 2021), the network sees the image shrunk by ``lowres_factor`` and enlarged
     again, joined to x_t on the channels (:mod:`difflab.conditioning.lowres`); ``difflab train``
     trains it as SR3 does, without dropping the condition and sampled unguided. ``class_names``
-    and ``text`` are resolved from the data when training starts."""
+    and ``text`` are resolved from the data when training starts.
+
+    ``latent`` makes it latent diffusion (Rombach et al. 2022): the autoencoder (a ``difflab
+    train-vae`` run folder, its ``model.safetensors``, or ``diffusers:DIR``) whose scaled latents
+    the network learns, from a cache of their posteriors sampled at every step
+    (:mod:`difflab.latent.cache`); samples are decoded to pixels. ``latent_digest`` (resolved when
+    training starts) names the autoencoder's weights: a run refuses any other. Latent runs sample
+    without x_0 clipping (the latents are not in [-1, 1]: sd-scripts#1432)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     net_kind: str = "unet"
@@ -103,6 +111,8 @@ class TrainConfig(Config):
     cond: Literal["none", "class", "text", "lowres"] = "none"
     cond_drop: float = 0.1
     lowres_factor: int = 4
+    latent: str | None = None
+    latent_digest: str = ""
     seed: int = 0
     checkpoint_every: int = 250
     keep_checkpoints: int = 3
@@ -172,6 +182,10 @@ class TrainConfig(Config):
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not 0 <= self.cond_drop < 1:
             raise ValueError(f"cond_drop must lie in [0, 1), got {self.cond_drop}")
+        if self.latent is not None and self.objective == "corrupt":
+            raise ValueError("objective 'corrupt' (seed 003's first model) works on pixels; drop --latent")
+        if self.latent is not None and self.cond == "lowres":
+            raise ValueError("super-resolution (--cond lowres) works on pixels; drop --latent")
         if self.cond == "lowres":
             from difflab.conditioning.lowres import FACTORS
 

@@ -24,7 +24,7 @@ FIELDS = {
     "loss": "loss", "weighting": "weighting", "ema_decay": "ema_decay",
     "checkpoint_every": "checkpoint_every", "sample_every": "sample_every", "eval_every": "eval_every",
     "eval_n": "eval_n", "device": "device", "cond": "cond", "cond_drop": "cond_drop",
-    "time_budget": "time_budget", "factor": "lowres_factor",
+    "time_budget": "time_budget", "factor": "lowres_factor", "latent": "latent",
 }
 # Command-line flag -> NetShape field (the default UNet's shape).
 SHAPE = {"base_channels": "base_channels", "channel_mult": "channel_mult", "res_blocks": "num_res_blocks",
@@ -86,6 +86,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cond", choices=TrainConfig.choices("cond"),
                    help=_config_help("condition on class labels or on text captions (sample with --class / "
                                      "--prompt and --guidance)", "cond"))
+    p.add_argument("--latent", metavar="VAE",
+                   help="latent diffusion: train in the latent space of this autoencoder (a `difflab "
+                   "train-vae` run folder, its model.safetensors, or diffusers:DIR); samples are decoded")
     p.add_argument("--factor", type=positive_int, choices=(2, 4, 8),
                    help=_config_help("--cond lowres: the upscaling factor (the network learns to enlarge "
                                      "images shrunk by it; difflab edit upscale)", "lowres_factor"))

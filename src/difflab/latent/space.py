@@ -40,6 +40,7 @@ from difflab.noise import GeneratorLike
 FORMAT = "difflab-autoencoder"
 WEIGHTS = "model.safetensors"
 DIFFUSERS_PREFIX = "diffusers:"
+RUN_COPY = "autoencoder.safetensors"  # a latent diffusion run's own copy of its difflab autoencoder
 
 
 @dataclass
@@ -56,6 +57,11 @@ class LatentSpace:
     def __post_init__(self) -> None:
         if not self.scale_factor > 0:
             raise ValueError(f"scale_factor must be positive, got {self.scale_factor}")
+
+    def to(self, device: str | torch.device) -> LatentSpace:
+        """Move the autoencoder to ``device`` (in place); returns self."""
+        self.autoencoder.to(device)  # type: ignore[attr-defined]
+        return self
 
     @property
     def factor(self) -> int:

@@ -61,6 +61,11 @@ class Estimate:
 def estimate(cfg: TrainConfig, repeats: int = 2) -> Estimate:
     """Time ``repeats`` training steps of ``cfg`` (after one untimed warm-up step)."""
     cfg, data = prepare_data(cfg, log=lambda _: None)
+    if cfg.latent:  # a step costs the same on any latents: time it without encoding the data
+        from difflab.latent.cache import placeholder
+
+        net = cfg.net
+        data = placeholder(data, (net.in_channels, net.image_size, net.image_size))
     device = resolve_device(cfg.device)
     probe = min(_PROBE_BATCH, cfg.batch_size)
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,6 +13,7 @@ imports training, which ``tests/test_layers.py`` checks.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,8 +33,9 @@ def resolve_metric(cfg: TrainConfig, data: ImageDataset) -> str:
 
 class TrainingEval:
     def __init__(self, cfg: TrainConfig, data: ImageDataset, device: torch.device,
-                 log: Callable[[str], None]) -> None:
-        self.cfg, self.data, self.device, self.log = cfg, data, device, log
+                 log: Callable[[str], None], latent: Any = None) -> None:
+        """``latent``: a latent run's :class:`~difflab.latent.LatentSpace`, to decode samples."""
+        self.cfg, self.data, self.device, self.log, self.latent = cfg, data, device, log, latent
         self.metric = resolve_metric(cfg, data)
         self._real = None
         self._extractor = None
@@ -60,7 +62,7 @@ class TrainingEval:
 
         if self._real is None:
             self._prepare()
-        pipe = Pipeline(model, self.cfg, self.device)
+        pipe = Pipeline(model, self.cfg, self.device, latent=self.latent)
         images = pipe.sample(self.cfg.eval_n, steps=self.cfg.eval_steps, seed=0)
         model.eval()
         fake = extract(images, self._extractor)

@@ -32,6 +32,8 @@ from difflab.conditioning.lowres import LowResCondition, check_factor
 from difflab.conditioning.text import TextConfig
 from difflab.data import Batcher, ImageDataset, load_dataset
 from difflab.device import resolve_device
+from difflab.latent.cache import LatentDataset
+from difflab.latent.space import LatentSpace
 from difflab.losses import diffusion_loss
 from difflab.nets.basic_unet import corrupt_loss
 from difflab.run_config import TrainConfig
@@ -102,6 +104,10 @@ def prepare_data(cfg: TrainConfig, log: Log) -> tuple[TrainConfig, ImageDataset]
         raise TrainingError(f"--cond class needs labelled data, and {data.name} has no labels "
                             "(image folders get labels from their subfolders)")
     text = resolve_text(cfg, data) if cfg.cond == "text" else None
+    if cfg.latent is not None:
+        if cfg.net_kind != "unet":
+            raise TrainingError(f"--latent trains --net unet (it takes any latent size), not {cfg.net_kind}")
+        cfg, (c, h, w) = resolve_latent(cfg, data, log)
     if cfg.cond == "lowres":
         if cfg.net_kind != "unet":
             raise TrainingError(f"--cond lowres needs --net unet (it joins the low-resolution image to x_t "
@@ -132,6 +138,64 @@ def prepare_data(cfg: TrainConfig, log: Log) -> tuple[TrainConfig, ImageDataset]
         log(f"{cfg.epochs:g} epochs = {steps} steps of {cfg.batch_size} ({len(data)} images)")
         cfg = cfg.replace(steps=steps)
     return cfg, data
+
+
+def resolve_latent(cfg: TrainConfig, data: ImageDataset, log: Log
+                   ) -> tuple[TrainConfig, tuple[int, int, int]]:
+    """A latent run's autoencoder: its digest, its path made absolute, no x_0 clipping, and the
+    latent shape the network works at (a one-line error when the factor does not divide the
+    image size)."""
+    from difflab.latent import load_latent_space
+    from difflab.latent.space import DIFFUSERS_PREFIX
+
+    assert cfg.latent is not None
+    try:
+        space = load_latent_space(cfg.latent)
+        shape = space.latent_shape(data.shape)
+    except (CheckpointError, ValueError) as err:
+        raise TrainingError(f"--latent {cfg.latent}: {err}") from None
+    if cfg.latent_digest and cfg.latent_digest != space.digest:
+        raise TrainingError(f"--latent {cfg.latent}: this run was trained with the autoencoder "
+                            f"{cfg.latent_digest}, and {cfg.latent} holds {space.digest}; use the one it "
+                            "was trained with")
+    spec = cfg.latent
+    if spec.startswith(DIFFUSERS_PREFIX):
+        spec = DIFFUSERS_PREFIX + str(Path(spec[len(DIFFUSERS_PREFIX):]).resolve())
+    else:
+        spec = str(Path(spec).resolve())
+    if cfg.sample_clip:
+        log("latent run: sampling without x_0 clipping (latents are not confined to [-1, 1])")
+    log(f"latent diffusion: {data.shape[0]}x{data.shape[1]}x{data.shape[2]} images <-> "
+        f"{shape[0]}x{shape[1]}x{shape[2]} latents of the autoencoder {space.digest} "
+        f"(scale factor {space.scale_factor:.5g})")
+    return cfg.replace(latent=spec, latent_digest=space.digest, sample_clip=False), shape
+
+
+def keep_autoencoder(cfg: TrainConfig, out: Path) -> None:
+    """Copy a difflab autoencoder file into the run folder (``autoencoder.safetensors``), so the
+    run samples and decodes wherever it is moved; diffusers folders stay where they are."""
+    import shutil
+
+    from difflab.latent.space import DIFFUSERS_PREFIX, RUN_COPY, WEIGHTS
+
+    assert cfg.latent is not None
+    if cfg.latent.startswith(DIFFUSERS_PREFIX) or (out / RUN_COPY).is_file():
+        return
+    source = Path(cfg.latent)
+    source = source / WEIGHTS if source.is_dir() else source
+    atomic_write(out / RUN_COPY, lambda tmp: shutil.copyfile(source, tmp))
+
+
+def check_same_autoencoder(cfg: TrainConfig, out: Path) -> None:
+    """A resumed latent run must use the autoencoder it started with (named by both digests)."""
+    try:
+        saved = json.loads((out / "config.json").read_text()).get("latent_digest", "")
+    except (OSError, ValueError, AttributeError):
+        return  # write_run_config says what is wrong with the file
+    if saved != cfg.latent_digest:
+        now = cfg.latent_digest or "none (a pixel run)"
+        raise TrainingError(f"--resume: {out} was trained with the autoencoder {saved or 'none (pixels)'}, "
+                            f"and this one is {now}; resume with the autoencoder it was trained with")
 
 
 def check_net_fits(net_cfg: Any, channels: int, size: int) -> None:
@@ -280,11 +344,15 @@ class Trainer:
     loss bookkeeping) and the parts of the loop that move it on."""
 
     def __init__(
-        self, cfg: TrainConfig, data: ImageDataset, out: Path, device: torch.device, log: Log
+        self, cfg: TrainConfig, data: ImageDataset | LatentDataset, out: Path, device: torch.device, log: Log
     ) -> None:
+        """``data``: the images (a latent run encodes them into its cache, or takes them already
+        as a :class:`~difflab.latent.cache.LatentDataset`)."""
         from difflab.nets import build_net
 
-        self.cfg, self.data, self.out, self.device, self.log = cfg, data, out, device, log
+        self.cfg, self.out, self.device, self.log = cfg, out, device, log
+        self.pixels = data  # the images; ``data`` is what the steps draw from (latents for latent runs)
+        self.space, self.data = self._latent_data(data) if cfg.latent else (None, data)
         torch.manual_seed(cfg.seed)
         self.net = build_net(cfg.net).to(device)
         if use_channels_last(self.net, device):
@@ -301,8 +369,11 @@ class Trainer:
         self.schedule = cfg.make_schedule()
         self.ckpt_dir = out / "checkpoints"
         self.step = 0
-        if device.type != "cpu":
-            data.images = data.images.to(device)  # uint8 and small: batches are gathered on the device
+        if device.type != "cpu":  # small: batches are gathered on the device
+            if isinstance(self.data, LatentDataset):
+                self.data.to_device(device)
+            else:
+                self.data.images = self.data.images.to(device)
         self.model = torch.compile(self.net) if cfg.compile else self.net  # same parameters as net
         self.num_classes = int(getattr(self.net, "num_classes", 0))
         with forked_rng(device):  # loading the encoder must not move the RNG the steps draw from
@@ -323,6 +394,22 @@ class Trainer:
         self.calibration: tuple[int, float] | None = None  # (step, time) where timing started
         # Where the budget was fitted: step, training seconds, seconds reserved for the end, refits done.
         self.fit_point: dict[str, float] | None = None
+
+    def _latent_data(self, data: ImageDataset | LatentDataset) -> tuple[LatentSpace, LatentDataset]:
+        """The autoencoder of a latent run, and the data as its cached latent posteriors (given
+        already as a :class:`LatentDataset`, or from the run folder's cache)."""
+        from difflab.latent import load_latent_space
+        from difflab.latent.cache import latent_dataset
+
+        assert self.cfg.latent is not None
+        space = load_latent_space(self.cfg.latent, self.device)
+        if space.digest != self.cfg.latent_digest:
+            raise TrainingError(f"{self.cfg.latent} holds the autoencoder {space.digest}, but the run config "
+                                f"names {self.cfg.latent_digest}; it changed since the run started")
+        if isinstance(data, LatentDataset):
+            self.pixels = data.pixels
+            return space, data
+        return space, latent_dataset(space, data, self.out, self.log, self.device)
 
     def _caption_table(self) -> Any:
         """Every training caption encoded once, on the device (see :class:`CaptionTable`)."""
@@ -350,7 +437,7 @@ class Trainer:
             return None
         from difflab.train.evaluation import TrainingEval
 
-        return TrainingEval(self.cfg, self.data, self.device, self.log)
+        return TrainingEval(self.cfg, self.pixels, self.device, self.log, self.space)
 
     # --- checkpoints -------------------------------------------------------------------------
 
@@ -409,7 +496,7 @@ class Trainer:
         from difflab.nets import param_count
 
         cfg = self.cfg
-        self.log(f"{self.data.summary()}")
+        self.log(self.pixels.summary())
         if self.total_steps is None:
             assert cfg.time_budget is not None
             length = f"{format_duration(cfg.time_budget)} of training (steps fitted after the warm-up)"
@@ -687,7 +774,7 @@ class Trainer:
         from difflab.viz import save_grid
 
         cfg = self.cfg
-        pipe = Pipeline(self.ema.model, cfg, self.device)
+        pipe = Pipeline(self.ema.model, cfg, self.device, latent=self.space)
         extra = {} if self.lowres is None else {"lowres": self.lowres_inputs(cfg.sample_n)}
         images = pipe.sample(cfg.sample_n, sampler=cfg.sample_sampler, steps=cfg.sample_steps, seed=0,
                              **extra)
@@ -701,7 +788,7 @@ class Trainer:
 
         assert self.lowres is not None
         pick = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(0))[:n]
-        x0, _ = self.data.batch(pick, device=self.device, flip=False)
+        x0, _ = self.pixels.batch(pick, device=self.device, flip=False)
         return shrink(x0, self.lowres.factor)
 
     def run_eval(self) -> None:
@@ -751,7 +838,11 @@ def train(
     out = Path(out)
     device = resolve_device(config.device)
     cfg, data = prepare_data(config, log)
+    if resume:
+        check_same_autoencoder(cfg, out)
     write_run_config(cfg, out, resume)
+    if cfg.latent:
+        keep_autoencoder(cfg, out)
     trainer = Trainer(cfg, data, out, device, log)
     if resume:
         trainer.resume()
