@@ -169,6 +169,9 @@ def export_run(run: str | Path, out: str | Path, *, weights: str = "ema", schedu
     if config.objective != "diffusion":
         raise ValueError(f"{run} was trained with --objective {config.objective} (seed 003's mixing model), "
                          "which is not a diffusion model; diffusers has no pipeline for it")
+    if getattr(config, "latent", None):
+        raise ValueError(f"{run} is a latent run (its network denoises autoencoder latents); difflab "
+                         "exports pixel-space runs only")
     if config.cond in ("text", "lowres"):
         raise ValueError(f"{run} is conditioned on {config.cond} (--cond {config.cond}); difflab exports "
                          "unconditional and class-conditional runs only")
