@@ -397,7 +397,8 @@ def foreign_pipeline(folder: Path, scheduler: str = "DDPMScheduler", **sched_kwa
                                  up_block_types=("AttnUpBlock2D", "UpBlock2D"))
     perturbed(unet)
     kwargs = {"num_train_timesteps": 40, "beta_schedule": "linear", "beta_start": 0.0005, "beta_end": 0.05,
-              "clip_sample": False, **sched_kwargs}
+              **({"clip_sample": False} if scheduler in ("DDPMScheduler", "DDIMScheduler") else {}),
+              **sched_kwargs}
     sched = getattr(diffusers, scheduler)(**kwargs)
     pipe_cls = diffusers.DDIMPipeline if scheduler == "DDIMScheduler" else diffusers.DDPMPipeline
     pipe_cls(unet=unet, scheduler=sched).save_pretrained(folder)
@@ -425,6 +426,34 @@ def test_imported_pipeline_matches_diffusers_ddim_and_ddpm(tmp_path, prediction)
                       output_type="np").images
         ours = pipe.sample(3, sampler="ddim", steps=8, eta=0.0, seed=0, spacing=spacing)
         np.testing.assert_allclose(theirs, as_np(ours), atol=1e-4)
+
+
+@pytest.mark.parametrize("scheduler, sampler", [("DPMSolverMultistepScheduler", "dpmpp-2m"),
+                                                ("UniPCMultistepScheduler", "unipc"),
+                                                ("EulerDiscreteScheduler", "euler")])
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_imported_pipeline_samples_like_the_diffusers_scheduler_it_names(tmp_path, scheduler, sampler,
+                                                                         prediction):
+    """The pipeline's scheduler class is the imported run's default sampler, and difflab's sampler
+    gives diffusers' images on the trailing grid. Euler starts from difflab's exact x_T sqrt(1 +
+    sigma_max^2) (diffusers' init_noise_sigma is sigma_max there: tests/test_samplers_parity.py)."""
+    import difflab
+
+    folder = foreign_pipeline(tmp_path / "p", scheduler, prediction_type=prediction,
+                              timestep_spacing="trailing")
+    pipe = difflab.load(folder, device="cpu")
+    assert pipe.config.sample_sampler == sampler
+    ref = diffusers.DDPMPipeline.from_pretrained(folder)
+    sched = ref.scheduler
+    assert type(sched).__name__ == scheduler
+    sched.set_timesteps(8)
+    start = float((1 + sched.sigmas.max() ** 2) ** 0.5) if sampler == "euler" else sched.init_noise_sigma
+    x = torch.stack([torch.randn(1, 8, 8, generator=g) for g in seeded(2)]) * start
+    with torch.no_grad():
+        for t in sched.timesteps:
+            x = sched.step(ref.unet(sched.scale_model_input(x, t), t).sample, t, x).prev_sample
+    theirs = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(theirs, as_np(pipe.sample(2, seed=0, steps=8, spacing="trailing")), atol=1e-4)
 
 
 def test_imported_pipeline_keeps_trained_betas_exactly(tmp_path):

@@ -280,6 +280,8 @@ def from_scheduler_config(cfg: dict[str, Any], class_name: str | None = None) ->
 
 
 def _same(a: Any, b: Any) -> bool:
+    if a is b or (type(a) is type(b) and a == b):  # also equal infinities
+        return True
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         return abs(float(a) - float(b)) <= 1e-12 * max(1.0, abs(float(b)))
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
