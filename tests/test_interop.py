@@ -181,6 +181,16 @@ def test_inert_and_mapped_scheduler_options_are_accepted():
     assert got.spacing == "trailing" and got.fields["sample_clip"] is False
     with pytest.raises(ValueError, match="scheduler FooScheduler"):
         from_scheduler_config({"_class_name": "FooScheduler"})
+    # PLMS has no difflab sampler; its config under DDPMScheduler keeps the schedule, and the keys
+    # DDPMScheduler does not take are ignored, as diffusers ignores them
+    pndm = dict(diffusers.PNDMScheduler(num_train_timesteps=20, beta_schedule="scaled_linear",
+                                        beta_start=0.00085, beta_end=0.012).config,
+                _class_name="PNDMScheduler")
+    with pytest.raises(ValueError, match="set _class_name to DDPMScheduler"):
+        from_scheduler_config(pndm)
+    got = from_scheduler_config({**pndm, "_class_name": "DDPMScheduler"})
+    assert got.schedule_exact and got.fields["schedule"] == "scaled_linear"
+    assert "set_alpha_to_one" in got.notes[0]
 
 
 # ---- the UNet conversion -------------------------------------------------------------------------

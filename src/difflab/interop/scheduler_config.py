@@ -55,7 +55,6 @@ _VARIANCE_IN = {"fixed_small": "beta_tilde", "fixed_small_log": "beta_tilde", "f
 SAMPLER_OF = {
     "DDPMScheduler": "ddpm",
     "DDIMScheduler": "ddim",
-    "PNDMScheduler": "ddim",
     "EulerDiscreteScheduler": "euler",
     "EulerAncestralDiscreteScheduler": "euler-ancestral",
     "HeunDiscreteScheduler": "heun",
@@ -191,11 +190,14 @@ def from_scheduler_config(cfg: dict[str, Any], class_name: str | None = None) ->
         raise ValueError("scheduler_config.json has no _class_name; cannot tell which scheduler it "
                          "configures")
     if class_name not in SAMPLER_OF:
-        raise ValueError(f"scheduler {class_name} has no difflab sampler; difflab reads: "
-                         f"{', '.join(SAMPLER_OF)}")
+        raise ValueError(f"scheduler {class_name} has no difflab sampler (difflab reads: "
+                         f"{', '.join(SAMPLER_OF)}); to sample the model with difflab's samplers, set "
+                         "_class_name to DDPMScheduler in scheduler_config.json")
     defaults = _class_defaults(class_name)
-    full = {**defaults, **{k: v for k, v in cfg.items() if not k.startswith("_")}}
-    notes: list[str] = []
+    # keys the class does not take are dropped by diffusers itself (with a warning): they change nothing
+    unused = sorted(k for k in cfg if not k.startswith("_") and k not in defaults)
+    full = {**defaults, **{k: v for k, v in cfg.items() if k in defaults}}
+    notes = [f"{class_name} takes no {', '.join(unused)} (diffusers ignores it too)"] if unused else []
 
     # 1. everything difflab does not read must be inert or at the class default
     known = set(_MODEL_FIELDS) | set(_SAMPLING_FIELDS)
