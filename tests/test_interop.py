@@ -498,6 +498,32 @@ def test_sample_eval_and_edit_commands_take_a_pipeline_folder(tmp_path, capsys):
     assert code == 0 and (tmp_path / "i2i.png").is_file(), err
 
 
+def test_a_foreign_class_conditional_unet_has_no_null_class_unless_its_folder_says_so(tmp_path):
+    import difflab
+
+    torch.manual_seed(0)
+    unet = perturbed(diffusers.UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), norm_num_groups=4,
+        layers_per_block=1, num_class_embeds=4, down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D")))
+    sched = diffusers.DDPMScheduler(num_train_timesteps=20)
+    diffusers.DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(tmp_path / "p")
+    pipe = difflab.load(tmp_path / "p", device="cpu")
+    assert pipe.num_classes == 4 and pipe.config.sample_guidance == 1.0  # every embedding is a class
+    x, t, labels = torch.randn(4, 1, 8, 8), torch.tensor([1, 5, 9, 19]), torch.tensor([0, 1, 2, 3])
+    torch.testing.assert_close(pipe.net(x, t, class_labels=labels), unet(x, t, class_labels=labels).sample)
+    assert pipe.sample(4, steps=4, sampler="ddim", class_labels=[0, 1, 2, 3]).shape == (4, 1, 8, 8)
+    with pytest.raises(ValueError, match="no known null class, so classifier-free guidance cannot run"):
+        pipe.sample(2, steps=4, sampler="ddim", class_labels=[0, 3], guidance=3.0)
+    with pytest.raises(ValueError, match="give a class label"):
+        pipe.sample(2, steps=4, sampler="ddim")
+    (tmp_path / "p" / "difflab.json").write_text('{"null_class": true}')  # the last embedding is "none"
+    pipe = difflab.load(tmp_path / "p", device="cpu")
+    assert pipe.num_classes == 3
+    torch.testing.assert_close(pipe.net(x, t), unet(x, t, class_labels=torch.full((4,), 3)).sample)
+    assert pipe.sample(2, steps=4, sampler="ddim", class_labels=[0, 2], guidance=3.0).shape == (2, 1, 8, 8)
+
+
 def _break(folder: Path, how: str) -> None:
     if how == "no weights":
         (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()

@@ -147,7 +147,7 @@ def load_diffusers(folder: str | Path) -> Imported:
     unet = load_unet(folder)
     sidecar = _read_json(folder / SIDECAR, "difflab's export record") if (folder / SIDECAR).is_file() else {}
     run_fields = dict(sidecar.get("run_config") or {})
-    null_class = bool(sidecar.get("null_class", True))
+    null_class = bool(sidecar.get("null_class", False))  # a foreign class-conditional UNet: none known
     net = ImportedUNet(unet, null_class=null_class)
     if int(unet.config.out_channels) != net.in_channels:
         raise ValueError(f"{folder}: the unet has {unet.config.out_channels} output channels for "
@@ -166,6 +166,8 @@ def load_diffusers(folder: str | Path) -> Imported:
         fields["data"] = DataConfig(image_size=size, channels=channels).to_dict()
     if net.num_classes:
         fields.setdefault("cond", "class")
+        if not net.null_class:  # no unconditional branch to guide away from: conditional sampling
+            fields["sample_guidance"] = 1.0
         if not fields.get("class_names"):
             fields["class_names"] = [str(i) for i in range(net.num_classes)]
     else:

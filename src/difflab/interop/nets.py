@@ -5,11 +5,13 @@
 or v), which the :class:`~difflab.diffusion.Denoiser` turns into x_0 like any difflab network's.
 Float timesteps (the sigma samplers) go to the sinusoidal embedding as they are.
 
-Class labels follow difflab's convention (:mod:`difflab.nets.diffusers_nets`): of
-``num_class_embeds`` embeddings the last is the null class (classifier-free guidance's
-"unconditional"), so ``num_classes = num_class_embeds - 1`` and ``class_labels=None`` means that
-label. A class-conditional UNet2DModel trained without a null class gets ``num_classes =
-num_class_embeds`` and needs a label for every sample.
+Class labels: with ``null_class`` (a folder written by ``difflab export``, or one whose
+``difflab.json`` says ``"null_class": true``) they follow difflab's convention
+(:mod:`difflab.nets.diffusers_nets`): of ``num_class_embeds`` embeddings the last is the null
+class (classifier-free guidance's "unconditional"), so ``num_classes = num_class_embeds - 1`` and
+``class_labels=None`` means that label. Otherwise nothing says which embedding, if any, is
+unconditional, so none is assumed: every embedding is a class, every sample needs a label, and
+classifier-free guidance (which needs the null class) is refused with a one-line error.
 """
 
 from __future__ import annotations
@@ -47,8 +49,13 @@ class ImportedUNet(nn.Module):
         t = check_timesteps(self.name, t, len(x), x.device)
         if self.num_classes and class_labels is None:
             if not self.null_class:
-                raise ValueError("this UNet2DModel has no null class: give a class label for every image")
+                raise ValueError(f"this UNet2DModel has no known null class: give a class label (0 to "
+                                 f"{self.num_classes - 1}) for every image")
             class_labels = torch.full((len(x),), self.num_classes, dtype=torch.long, device=x.device)
+        elif not self.null_class and class_labels is not None and int(class_labels.max()) >= self.num_classes:
+            raise ValueError("this UNet2DModel has no known null class, so classifier-free guidance cannot "
+                             "run (sample with --guidance 1); if its last class embedding is the "
+                             'unconditional one, write {"null_class": true} to difflab.json in its folder')
         return self.inner(x, t, class_labels=class_labels).sample
 
 
