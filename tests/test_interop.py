@@ -538,6 +538,9 @@ def _break(folder: Path, how: str) -> None:
     elif how == "vae":
         index = json.loads((folder / "model_index.json").read_text())
         (folder / "model_index.json").write_text(json.dumps({**index, "vqvae": ["diffusers", "VQModel"]}))
+    elif how == "fourier time":
+        path = folder / "unet" / "config.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "time_embedding_type": "fourier"}))
     elif how == "text unet":
         path = folder / "unet" / "config.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), "_class_name": "UNet2DConditionModel"}))
@@ -550,6 +553,7 @@ def _break(folder: Path, how: str) -> None:
     ("thresholding", "thresholding=True"),
     ("vae", "vqvae (VQModel) have no difflab mapping"),
     ("text unet", "UNet2DConditionModel"),
+    ("fourier time", "time_embedding_type='fourier'"),
 ])
 def test_a_broken_pipeline_folder_is_a_one_line_error(tmp_path, capsys, how, message):
     folder = foreign_pipeline(tmp_path / "p")

@@ -97,6 +97,14 @@ def load_unet(folder: Path) -> Any:
                          "UNet2DModel pipelines (unconditional or class-conditional)")
     if cls != "UNet2DModel":
         raise ValueError(f"{folder}: unet class {cls!r} has no difflab mapping; difflab imports UNet2DModel")
+    kind = cfg.get("time_embedding_type", "positional")
+    if kind != "positional":
+        raise ValueError(f"{folder}: UNet2DModel with time_embedding_type={kind!r} has no difflab mapping: "
+                         "difflab's samplers pass timesteps (fractional ones too) to a positional embedding")
+    size = cfg.get("sample_size")
+    if isinstance(size, (list, tuple)) and len(set(size)) > 1:
+        raise ValueError(f"{folder}: UNet2DModel sample_size={list(size)} is not square; difflab samples "
+                         "square images")
     if not (unet_dir / WEIGHTS).is_file():
         pickled = sorted(p.name for p in unet_dir.glob("*.bin"))
         if pickled:
@@ -160,10 +168,9 @@ def load_diffusers(folder: str | Path) -> Imported:
                     "data", "cond", "lowres_factor", "preset", "seed"):
             if key in run_fields:
                 fields[key] = run_fields[key]
-    size = net.image_size
     if "data" not in fields:
         channels = net.in_channels if net.in_channels in (1, 3) else None
-        fields["data"] = DataConfig(image_size=size, channels=channels).to_dict()
+        fields["data"] = DataConfig(image_size=net.image_size, channels=channels).to_dict()
     if net.num_classes:
         fields.setdefault("cond", "class")
         if not net.null_class:  # no unconditional branch to guide away from: conditional sampling
