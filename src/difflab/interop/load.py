@@ -165,7 +165,7 @@ def load_diffusers(folder: str | Path) -> Imported:
     fields: dict[str, Any] = dict(imported.fields)
     if run_fields:  # a difflab export: its data, classes and sampling recipe
         for key in ("sample_sampler", "sample_steps", "sample_variance", "sample_guidance", "class_names",
-                    "data", "cond", "lowres_factor", "preset", "seed"):
+                    "data", "cond"):
             if key in run_fields:
                 fields[key] = run_fields[key]
     if "data" not in fields:
