@@ -355,6 +355,22 @@ def test_class_conditional_export_is_a_custom_pipeline_that_needs_trust_and_matc
                                original.sample(2, sampler="ddim", steps=4, seed=0), atol=1e-4, rtol=0)
 
 
+def test_a_class_conditional_diffusers_unet_run_round_trips(tmp_path):
+    import difflab
+    from difflab.interop.export import export_run
+
+    run = make_run(tmp_path / "run", TINY_DIFFUSERS.replace(num_class_embeds=4), cond="class",
+                   class_names=("x", "y", "z"), prediction="eps")
+    report = export_run(run, tmp_path / "out")
+    assert report.pipeline_class == "DifflabClassPipeline" and report.max_difference == 0.0
+    back, original = difflab.load(tmp_path / "out", device="cpu"), difflab.load(run, device="cpu")
+    assert back.num_classes == 3 and back.class_names == ("x", "y", "z")
+    for kwargs in ({"class_labels": [2, 0], "guidance": 2.0}, {}):
+        torch.testing.assert_close(back.sample(2, sampler="ddim", steps=4, seed=1, **kwargs),
+                                   original.sample(2, sampler="ddim", steps=4, seed=1, **kwargs),
+                                   atol=1e-5, rtol=0)
+
+
 def test_export_takes_the_ema_weights_unless_told_raw(runs, tmp_path):
     from difflab.interop.export import export_run
     from difflab.io import load_weights
