@@ -394,6 +394,7 @@ def test_export_takes_the_ema_weights_unless_told_raw(runs, tmp_path):
 def test_export_errors_are_one_line(runs, tmp_path, capsys):
     myunet = make_run(tmp_path / "myunet", MyUNetConfig(n_steps=20), sample_steps=4)
     text = make_run(tmp_path / "text", TINY_UNET.replace(context_dim=8), cond="text")
+    latent = make_run(tmp_path / "latent", latent=str(tmp_path / "vae"))
     nonempty = tmp_path / "full"
     nonempty.mkdir()
     (nonempty / "x").write_text("x")
@@ -403,6 +404,7 @@ def test_export_errors_are_one_line(runs, tmp_path, capsys):
         ((runs["unet"], nonempty), "not empty"),
         ((myunet, tmp_path / "o2"), "--net myunet has no diffusers UNet2DModel form"),
         ((text, tmp_path / "o3"), "conditioned on text"),
+        ((latent, tmp_path / "o6"), "is a latent run"),
         ((runs["unet"], tmp_path / "o4", "--weights", "best"), "has no best.safetensors"),
         ((runs["unet"], tmp_path / "o5", "--weights", "raw"), "no checkpoints"),
     ]
