@@ -202,6 +202,25 @@ def test_sizes_the_factor_does_not_divide_are_refused(vae):
               log=quiet)
 
 
+def test_editing_a_latent_run(run):
+    from difflab.edit import img2img_run, inpaint_run, interpolate_run, invert_run
+
+    pipe = load(run, "cpu")
+    image = torch.rand(1, 1, 8, 8) * 2 - 1
+    same, plan = img2img_run(pipe, image, 0.0)
+    assert plan.steps_run == 0 and torch.equal(same, image)
+    out, plan = img2img_run(pipe, image, 0.5, n=2, sampler="ddim", steps=4)
+    assert out.shape == (2, 1, 8, 8) and plan.steps_run == 2
+    inv = invert_run(pipe, image, steps=4)
+    assert inv.noise.shape == (1, 4, 4, 4) and inv.reconstruction.shape == (1, 1, 8, 8)
+    frames = interpolate_run(pipe, inv.noise, torch.randn(1, 4, 4, 4), 3, sampler="ddim", steps=3)
+    assert frames.shape == (3, 1, 8, 8)
+    with pytest.raises(ValueError, match="inpainting works on pixel runs"):
+        inpaint_run(pipe, image, torch.ones(1, 1, 8, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match="classifier guidance needs a classifier of the noisy latents"):
+        pipe.sample(1, class_labels=[0], classifier=object())
+
+
 def test_latent_space_moves_with_the_pipeline(run):
     pipe = load(run, "cpu")
     assert isinstance(pipe.latent, LatentSpace)

@@ -110,6 +110,15 @@ class Pipeline:
         size = data.image_size or getattr(net, "image_size", None) or 28
         return (int(getattr(net, "in_channels", 1)), int(size), int(size))
 
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """Images as what the sampler denoises: a latent run's scaled latents (the posterior
+        mean), pixels as they are."""
+        if self.latent is None:
+            return images
+        return self.latent.to_latent(images.to(self.device), sample=False)
+
+    @torch.no_grad()
     def decode(self, x: Tensor) -> Tensor:
         """What the sampler made, as images: a latent run's latents decoded, pixels as they are."""
         return x if self.latent is None else self.latent.from_latent(x)
@@ -311,6 +320,9 @@ class Pipeline:
         """A classifier (or its run folder) checked against this run, on this run's device."""
         from difflab.classifier_run import Classifier
 
+        if self.latent is not None:
+            raise ValueError("classifier guidance needs a classifier of the noisy latents, and difflab's "
+                             "classifiers are trained on pixels; guide a latent run with --guidance")
         if not isinstance(classifier, Classifier):
             classifier = Classifier.load(classifier, str(self.device))
         classifier.check_pairing(self.config, self.image_shape)

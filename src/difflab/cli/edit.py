@@ -146,7 +146,7 @@ def _noise_of(pipe: Any, args: argparse.Namespace, which: int) -> Any:
         return inv.noise[0]
     if args.noise:
         return read_noise(pipe, args.noise[which])[0]
-    return torch.randn(pipe.image_shape, generator=torch.Generator().manual_seed(args.seeds[which]))
+    return torch.randn(pipe.sample_shape, generator=torch.Generator().manual_seed(args.seeds[which]))
 
 
 def cmd_interpolate(args: argparse.Namespace) -> None:

@@ -27,7 +27,7 @@ def read_noise(pipe: Any, path: Path) -> Any:
     except ValueError as err:
         raise ValueError(f"{path} is not a .npy array of noise ({err})") from None
     noise = torch.from_numpy(np.asarray(arr, dtype=np.float32))
-    return pipe.check_images(noise, None, f"noise {path}")
+    return pipe.check_images(noise, None, f"noise {path}", pipe.sample_shape)
 
 
 def from_noise_kwargs(pipe: Any, args: argparse.Namespace, kwargs: dict[str, Any]

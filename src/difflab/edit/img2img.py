@@ -101,7 +101,9 @@ def img2img_run(pipe: Any, image: Tensor, strength: float, *, n: int = 1, seed: 
     """SDEdit with a trained run: ``n`` variations of one image (or one per image of a batch),
     variation i from seed ``seed + i``: z is that seed's first draw, the x_T plain sampling with
     the seed would start from. ``kwargs`` are :meth:`difflab.Pipeline.sample`'s (class labels,
-    guidance, eta, ...). Returns the images and the :class:`Img2ImgPlan` that ran."""
+    guidance, eta, ...). A latent run edits the image's latent (the posterior mean) and decodes
+    the result, as Stable Diffusion's img2img does. Returns the images and the
+    :class:`Img2ImgPlan` that ran."""
     from difflab.sampling import DEFAULT_STEPS
 
     image = pipe.check_images(image, None, "image")
@@ -121,8 +123,8 @@ def img2img_run(pipe: Any, image: Tensor, strength: float, *, n: int = 1, seed: 
         raise ValueError(f"give one seed per image: {n} images, {len(seeds)} seeds")
     from difflab.noise import generators_from_seeds
 
-    z = torch.stack([torch.randn(pipe.image_shape, generator=g) for g in generators_from_seeds(seeds)])
-    x_t = noised_start(image, plan, z)
+    z = torch.stack([torch.randn(pipe.sample_shape, generator=g) for g in generators_from_seeds(seeds)])
+    x_t = noised_start(pipe.encode(image), plan, z)  # a latent run noises the image's latent
     if sigmas == "karras":
         kwargs["rho"] = rho
     out = pipe.sample(n, seeds=seeds, noise=x_t, first_step=plan.first_step, sampler=sampler, steps=steps,

@@ -160,6 +160,9 @@ def inpaint_run(
     from difflab.edit.images import feather_mask
     from difflab.noise import generators_from_seeds
 
+    if getattr(pipe, "latent", None) is not None:
+        raise ValueError("inpainting works on pixel runs: a latent run cannot keep the known pixels exact "
+                         "(they pass through the autoencoder); use img2img, or a pixel run")
     image = pipe.check_images(image, None, "image")
     if image.shape[0] == 1:
         image = image.expand(n, -1, -1, -1)

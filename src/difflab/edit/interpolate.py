@@ -51,8 +51,8 @@ def interpolate_run(pipe: Any, z0: Tensor, z1: Tensor, frames: int = 8, *, seeds
     for the first half of the frames and ``seeds[1]`` for the rest, so both endpoints are exactly
     the samples of (z0, seeds[0]) and (z1, seeds[1]). ``kwargs`` are
     :meth:`difflab.Pipeline.sample`'s (sampler, steps, class labels for all frames, guidance, ...)."""
-    z0 = pipe.check_images(z0, 1, "the first noise")[0]
-    z1 = pipe.check_images(z1, 1, "the second noise")[0]
+    z0 = pipe.check_images(z0, 1, "the first noise", pipe.sample_shape)[0]
+    z1 = pipe.check_images(z1, 1, "the second noise", pipe.sample_shape)[0]
     noises = slerp_frames(z0, z1, frames)
     frame_seeds = [seeds[0] if i < (frames + 1) // 2 else seeds[1] for i in range(frames)]
     labels = kwargs.pop("class_labels", None)

@@ -134,17 +134,19 @@ def invert_run(pipe: Any, image: Tensor, *, steps: int = 50, spacing: str = "tra
                clip_x0: bool = False) -> Inversion:
     """Invert images [B, C, H, W] with a trained run and reconstruct them with DDIM. Guidance
     defaults to 1 (the conditional model, no extrapolation) where the run is conditional; the
-    x_0 clipping defaults to off, since clipping is not invertible where it acts."""
+    x_0 clipping defaults to off, since clipping is not invertible where it acts. A latent run
+    inverts the image's latent (the posterior mean): the noise is a latent, the reconstruction
+    is decoded, and its error includes the autoencoder's."""
     image = pipe.check_images(image, None, "image")
     n = image.shape[0]
     model, cond = pipe.conditioned(n, class_labels=class_labels, prompts=prompts, guidance=guidance)
-    x0 = image.to(pipe.device)
+    x0 = pipe.encode(image.to(pipe.device))
     common = {"schedule": pipe.schedule, "prediction": pipe.config.prediction, "steps": steps,
               "spacing": spacing, "clip_x0": clip_x0, "cond": cond}
     out = ddim_invert(model, x0, method=method, iterations=iterations, return_nfe=True, **common)
     assert isinstance(out, tuple)
     noise, nfe = out
-    recon = reconstruct(model, noise, **common).float().cpu()
+    recon = pipe.decode(reconstruct(model, noise, **common)).float().clamp(-1, 1).cpu()
     scale = getattr(guidance, "scale", guidance)
     settings = {"sampler": "ddim", "eta": 0.0, "steps": steps, "spacing": spacing, "clip": clip_x0,
                 "method": method, "iterations": iterations if method == "fixed-point" else 0,
