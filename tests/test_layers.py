@@ -49,6 +49,7 @@ LAYERS: dict[str, int] = {
     "classifier_run": 5,  # a noise-aware classifier's run: config, loading, pairing with a diffusion run
     "latent": 5,  # autoencoder + its stored scale factor (pixels <-> latents), a train-vae run's config
     "presets": 6,
+    "interop": 6,  # diffusers export / import: scheduler configs, UNet conversion, pipeline folders
     # a trained model: load and sample (difflab.load)
     "pipeline": 7,
     # applications of a trained model: the public API, scoring
