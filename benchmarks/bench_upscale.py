@@ -8,9 +8,9 @@ interpolation and by the run.
 Scores against the original 500: PSNR and SSIM (pixel fidelity), FD-digit (the Frechet distance
 on the digit classifier's features: do the outputs look like real digits?), the classifier's
 accuracy on the outputs against the true labels (is it still the same digit?) and consistency
-(the output shrunk again vs the input, dB). SR3 (Saharia et al. 2021, Sec. 4.2) expects a
-sampled upscaler to lose PSNR/SSIM to regression-like baselines while winning on realism; the
-table says how much of each, here.
+(the output shrunk again vs the input, dB). SR3 (Saharia et al. 2021, Sec. 4.2) finds that a
+sampled upscaler may lose PSNR/SSIM to regression while winning on realism; the table shows
+both kinds of score against bicubic.
 
 Goals (exit status 1 when missed): at every factor the run's FD-digit is below bicubic's and its
 accuracy at least bicubic's.

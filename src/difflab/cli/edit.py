@@ -223,11 +223,13 @@ def cmd_upscale(args: argparse.Namespace) -> None:
     print(f"consistency (the output shrunk again vs the input): {agree.mean():.1f} dB PSNR "
           f"(bicubic: {consistency(bicubic(small, factor), small, factor).mean():.1f} dB)")
     if args.compare is not None:
-        columns = [bicubic(small, factor), *out.view(len(small), args.n, c, h * factor, w * factor).unbind(1)]
+        blocky = torch.nn.functional.interpolate(small, scale_factor=factor, mode="nearest")
+        columns = [blocky, bicubic(small, factor),
+                   *out.view(len(small), args.n, c, h * factor, w * factor).unbind(1)]
         if args.shrink:
             columns.append(images)
         save_grid(torch.stack(columns, 1).flatten(0, 1), args.compare, nrow=len(columns))
-        print(f"wrote {args.compare}: per row bicubic, {args.n} upscaling(s)"
+        print(f"wrote {args.compare}: per row the input (pixels enlarged), bicubic, {args.n} upscaling(s)"
               + (", the original" if args.shrink else ""))
 
 
@@ -322,8 +324,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=with_default("output (a grid, one row per image, when there are several)",
                                      "upscaled.png"))
     p.add_argument("--compare", type=Path,
-                   help="also write a comparison: per image bicubic, the upscalings (and the original "
-                   "with --shrink)")
+                   help="also write a comparison: per image the input, bicubic, the upscalings (and the "
+                   "original with --shrink)")
     p.set_defaults(func=cmd_upscale, prompt_file=None, negative_prompt=None)
     for action in p._actions:
         if action.dest == "n":

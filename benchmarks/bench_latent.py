@@ -1,0 +1,134 @@
+"""Latent vs pixel diffusion at equal training time: text-conditional MNIST, the Stable Diffusion
+framework in miniature against the same recipe on pixels.
+
+Both models are ``difflab train --cond text`` with the default recipe and the default network for
+their input (28x28x1 pixels, or the autoencoder's 7x7x4 latents), trained for ``--minutes`` of
+CPU time each (steps sized from a probe of CPU seconds per step, as bench_text_cond.py does, so
+other work on the machine does not shrink either budget). Scored on the same prompts and seeds:
+training images per CPU second, sampling images per second (``--n`` images, DDIM ``--steps``
+steps at guidance ``--guidance``, the latent model's decoding included), FD-digit of those
+samples against the 5,000 real digits, and prompt-agreement-digit on the held-out prompts.
+
+Goals (exit status 1 when missed; not enforced with ``--quick``): the latent model trains at least
+2x the images per second and samples at least 2x as fast as the pixel model, with prompt agreement
+within 3 points of it.
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_latent.py --vae runs/bench-latent/vae --minutes 8
+    python benchmarks/bench_latent.py --vae runs/bench-latent/vae --quick       # plumbing only
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench_common import exit_on_missed, load_report, machine_report
+from bench_text_cond import BIG, probe_speed
+
+
+def make_config(latent: str | None, steps: int) -> Any:
+    from difflab.data import DataConfig
+    from difflab.train import TrainConfig
+
+    return TrainConfig(data=DataConfig(source="mnist"), cond="text", latent=latent, steps=steps,
+                       sample_every=BIG, checkpoint_every=BIG, log_every=50)
+
+
+def train_model(name: str, latent: str | None, root: Path, minutes: float, probe_s: float) -> dict[str, Any]:
+    from difflab.train import train
+
+    per_step = probe_speed(root / f"probe-{name}", probe_s, make_config(latent, BIG))
+    steps = max(20, int(60 * minutes / per_step))
+    cfg = make_config(latent, steps)
+    cpu0 = time.process_time()
+    result = train(cfg, root / name, progress=False, log=lambda s: print(f"  [{name}] {s}", flush=True))
+    cpu = time.process_time() - cpu0
+    print(f"  [{name}] {result.steps} steps in {cpu / 60:.1f} CPU min ({result.seconds / 60:.1f} min wall)",
+          flush=True)
+    return {"steps": result.steps, "cpu_s": cpu, "wall_s": result.seconds,
+            "train_ips_cpu": result.steps * cfg.batch_size / cpu, "per_step_probe": per_step}
+
+
+def score(run: Path, n: int, steps: int, guidance: float, real: torch.Tensor) -> dict[str, float]:
+    """Sample ``n`` images for the held-out prompts (cycled), timed; their FD-digit against ``real``
+    and the share the digit classifier reads as the digit the prompt names (with its binomial
+    standard error)."""
+    import difflab
+    from difflab.conditioning.captions import held_out_prompts
+    from difflab.eval.digit_classifier import digit_probs, fd_digit
+
+    pipe = difflab.load(run, "cpu")
+    prompts, classes = held_out_prompts("digits", [str(i) for i in range(10)])
+    picked = [prompts[i % len(prompts)] for i in range(n)]
+    named = torch.tensor([classes[i % len(prompts)] for i in range(n)])
+    pipe.sample(4, prompts=picked[:4], sampler="ddim", steps=steps, guidance=guidance)  # warm-up
+    t0 = time.perf_counter()
+    images = pipe.sample(n, prompts=picked, sampler="ddim", steps=steps, guidance=guidance, batch_size=n)
+    seconds = time.perf_counter() - t0
+    share = float((digit_probs(images).argmax(1) == named).double().mean())
+    return {"sample_ips": n / seconds, "fd_digit": fd_digit(images, real), "agreement": share,
+            "stderr": (share * (1 - share) / n) ** 0.5}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--vae", required=True,
+                   help="the autoencoder (a `difflab train-vae` run, or diffusers:DIR)")
+    p.add_argument("--minutes", type=float, default=8.0, help="CPU minutes of training per model")
+    p.add_argument("--n", type=int, default=480, help="samples scored per model")
+    p.add_argument("--steps", type=int, default=25, help="DDIM steps of the scored samples")
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--runs", type=Path, default=Path("runs/bench-latent"))
+    p.add_argument("--quick", action="store_true",
+                   help="20 s per model, 40 samples, 5 steps; goals not enforced")
+    args = p.parse_args()
+    if args.quick:
+        args.minutes, args.n, args.steps, args.runs = 1 / 3, 40, 5, args.runs / "quick"
+    machine_report(torch.device("cpu"))
+    from difflab.data import DataConfig, load_dataset
+    from difflab.latent import load_latent_space
+
+    space = load_latent_space(args.vae)
+    print(f"# autoencoder {args.vae}: {space.digest}, factor {space.factor}, scale {space.scale_factor:.4g}")
+    data = load_dataset(DataConfig(source="mnist"))
+    real, _ = data.batch(torch.arange(len(data)), flip=False)
+    rows: dict[str, dict[str, Any]] = {}
+    for name, latent in (("pixel", None), ("latent", args.vae)):
+        out = args.runs / name
+        if out.exists():
+            raise SystemExit(f"{out} exists: remove it (or give another --runs) to train afresh")
+        rows[name] = train_model(name, latent, args.runs, args.minutes, 10.0 if args.quick else 40.0)
+        rows[name].update(score(out, args.n, args.steps, args.guidance, real))
+        print(load_report(f"after {name}"), flush=True)
+    pix, lat = rows["pixel"], rows["latent"]
+    print(f"\ntext-conditional MNIST, {args.minutes:g} CPU min of training each; {args.n} samples, DDIM "
+          f"{args.steps} steps at guidance {args.guidance:g}\n")
+    print("| model | steps | train images / CPU s | sample images / s | FD-digit | prompt agreement |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['steps']} | {r['train_ips_cpu']:.0f} | {r['sample_ips']:.1f} | "
+              f"{r['fd_digit']:.1f} | {100 * r['agreement']:.1f}% ± {100 * r['stderr']:.1f} |")
+    train_x, sample_x = lat["train_ips_cpu"] / pix["train_ips_cpu"], lat["sample_ips"] / pix["sample_ips"]
+    gap = 100 * (pix["agreement"] - lat["agreement"])
+    print(f"| latent / pixel | | {train_x:.2f}x | {sample_x:.2f}x | "
+          f"{lat['fd_digit'] / pix['fd_digit']:.2f}x | {-gap:+.1f} points |")
+    print(f"\n{load_report('at the end')}")
+    missed = []
+    if train_x < 2:
+        missed.append(f"latent training is {train_x:.2f}x the pixel model's images/s (goal 2x)")
+    if sample_x < 2:
+        missed.append(f"latent sampling is {sample_x:.2f}x the pixel model's images/s (goal 2x)")
+    if gap > 3:
+        missed.append(f"latent prompt agreement is {gap:.1f} points below the pixel model's (goal: within 3)")
+    exit_on_missed(missed, "latent diffusion goals missed", enforce=not args.quick)
+
+
+if __name__ == "__main__":
+    main()
