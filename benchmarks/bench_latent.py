@@ -2,7 +2,8 @@
 framework in miniature against the same recipe on pixels.
 
 Both models are ``difflab train --cond text`` with the default recipe and the default network for
-their input (28x28x1 pixels, or the autoencoder's 7x7x4 latents), trained for ``--minutes`` of
+their input (28x28x1 pixels, or the autoencoder's 7x7x4 latents; the latent model at batch
+``--latent-batch``, 256, since its steps are cheap enough), trained for ``--minutes`` of
 CPU time each (steps sized from a probe of CPU seconds per step, as bench_text_cond.py does, so
 other work on the machine does not shrink either budget). Scored on the same prompts and seeds:
 training images per CPU second, sampling images per second (``--n`` images, DDIM ``--steps``
@@ -33,26 +34,27 @@ from bench_common import exit_on_missed, load_report, machine_report
 from bench_text_cond import BIG, probe_speed
 
 
-def make_config(latent: str | None, steps: int) -> Any:
+def make_config(latent: str | None, steps: int, batch_size: int) -> Any:
     from difflab.data import DataConfig
     from difflab.train import TrainConfig
 
     return TrainConfig(data=DataConfig(source="mnist"), cond="text", latent=latent, steps=steps,
-                       sample_every=BIG, checkpoint_every=BIG, log_every=50)
+                       batch_size=batch_size, sample_every=BIG, checkpoint_every=BIG, log_every=50)
 
 
-def train_model(name: str, latent: str | None, root: Path, minutes: float, probe_s: float) -> dict[str, Any]:
+def train_model(name: str, latent: str | None, root: Path, minutes: float, probe_s: float,
+                batch_size: int) -> dict[str, Any]:
     from difflab.train import train
 
-    per_step = probe_speed(root / f"probe-{name}", probe_s, make_config(latent, BIG))
+    per_step = probe_speed(root / f"probe-{name}", probe_s, make_config(latent, BIG, batch_size))
     steps = max(20, int(60 * minutes / per_step))
-    cfg = make_config(latent, steps)
+    cfg = make_config(latent, steps, batch_size)
     cpu0 = time.process_time()
     result = train(cfg, root / name, progress=False, log=lambda s: print(f"  [{name}] {s}", flush=True))
     cpu = time.process_time() - cpu0
     print(f"  [{name}] {result.steps} steps in {cpu / 60:.1f} CPU min ({result.seconds / 60:.1f} min wall)",
           flush=True)
-    return {"steps": result.steps, "cpu_s": cpu, "wall_s": result.seconds,
+    return {"steps": result.steps, "batch": batch_size, "cpu_s": cpu, "wall_s": result.seconds,
             "train_ips_cpu": result.steps * cfg.batch_size / cpu, "per_step_probe": per_step}
 
 
@@ -85,6 +87,9 @@ def main() -> None:
     p.add_argument("--n", type=int, default=480, help="samples scored per model")
     p.add_argument("--steps", type=int, default=25, help="DDIM steps of the scored samples")
     p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--batch", type=int, default=64, help="the pixel model's batch (the default recipe's)")
+    p.add_argument("--latent-batch", type=int, default=256,
+                   help="the latent model's batch: its steps are cheap enough for 4x the images")
     p.add_argument("--runs", type=Path, default=Path("runs/bench-latent"))
     p.add_argument("--quick", action="store_true",
                    help="20 s per model, 40 samples, 5 steps; goals not enforced")
@@ -100,20 +105,21 @@ def main() -> None:
     data = load_dataset(DataConfig(source="mnist"))
     real, _ = data.batch(torch.arange(len(data)), flip=False)
     rows: dict[str, dict[str, Any]] = {}
-    for name, latent in (("pixel", None), ("latent", args.vae)):
+    for name, latent, batch in (("pixel", None, args.batch), ("latent", args.vae, args.latent_batch)):
         out = args.runs / name
         if out.exists():
             raise SystemExit(f"{out} exists: remove it (or give another --runs) to train afresh")
-        rows[name] = train_model(name, latent, args.runs, args.minutes, 10.0 if args.quick else 40.0)
+        rows[name] = train_model(name, latent, args.runs, args.minutes, 10.0 if args.quick else 40.0, batch)
         rows[name].update(score(out, args.n, args.steps, args.guidance, real))
         print(load_report(f"after {name}"), flush=True)
     pix, lat = rows["pixel"], rows["latent"]
     print(f"\ntext-conditional MNIST, {args.minutes:g} CPU min of training each; {args.n} samples, DDIM "
           f"{args.steps} steps at guidance {args.guidance:g}\n")
-    print("| model | steps | train images / CPU s | sample images / s | FD-digit | prompt agreement |")
+    print("| model | steps x batch | train images / CPU s | sample images / s | FD-digit "
+          "| prompt agreement |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, r in rows.items():
-        print(f"| {name} | {r['steps']} | {r['train_ips_cpu']:.0f} | {r['sample_ips']:.1f} | "
+        print(f"| {name} | {r['steps']} x {r['batch']} | {r['train_ips_cpu']:.0f} | {r['sample_ips']:.1f} | "
               f"{r['fd_digit']:.1f} | {100 * r['agreement']:.1f}% ± {100 * r['stderr']:.1f} |")
     train_x, sample_x = lat["train_ips_cpu"] / pix["train_ips_cpu"], lat["sample_ips"] / pix["sample_ips"]
     gap = 100 * (pix["agreement"] - lat["agreement"])
