@@ -41,6 +41,9 @@ def _weights_file(run: Path, config: TrainConfig, weights: str | None) -> str:
 class Pipeline:
     """A network, its training config and its schedule; samples images in [-1, 1]."""
 
+    weights_path: Path | None = None  # the weights file it was loaded from (LoRA adapters check its sha256)
+    adapters: tuple[tuple[Any, float], ...] = ()  # LoRA adapters merged in, with their scales
+
     def __init__(self, net: nn.Module, config: TrainConfig, device: str | torch.device = "cpu",
                  latent: LatentSpace | None = None) -> None:
         """``latent``: a latent run's autoencoder (default: loaded from ``config.latent``)."""
@@ -53,12 +56,14 @@ class Pipeline:
         self.latent = None if latent is None else latent.to(self.device)
 
     @classmethod
-    def load(cls, run: str | Path, device: str = "auto", weights: str | None = None) -> Pipeline:
+    def load(cls, run: str | Path, device: str = "auto", weights: str | None = None, lora: Any = None,
+             lora_scale: Any = None) -> Pipeline:
         """Load ``run/config.json`` and its EMA weights: ``weights="best"`` (``best.safetensors``,
         the epoch with the lowest mean loss; the default for runs trained with ``keep_best``) or
         ``"last"`` (``model.safetensors``, the default otherwise). ``"diffusers:DIR"`` (or a folder
         holding ``model_index.json``) loads a local diffusers pipeline instead
-        (:mod:`difflab.interop.load`)."""
+        (:mod:`difflab.interop.load`). ``lora``: LoRA adapter folders merged in (see
+        :meth:`with_lora`)."""
         from difflab.interop import diffusers_folder
         from difflab.nets import build_net
 
@@ -74,6 +79,9 @@ class Pipeline:
             return pipe
         run = Path(run)
         cfg_path = run / "config.json"
+        if (run / "adapter.json").is_file() and not (run / WEIGHTS["last"]).is_file():
+            raise CheckpointError(f"{run} is a LoRA adapter, not a run: load its base run with "
+                                  f"lora={str(run)!r} (difflab sample BASE --lora {run})")
         if not cfg_path.is_file():
             raise CheckpointError(f"{run} has no config.json; point at a folder written by `difflab train`")
         try:
@@ -90,7 +98,37 @@ class Pipeline:
                 f"{path} does not fit the network in config.json; were the files copied from different runs?"
             ) from err
         latent = load_run_latent_space(config, run) if config.latent else None
-        return cls(net, config, resolve_device(device), latent)
+        pipe = cls(net, config, resolve_device(device), latent)
+        pipe.weights_path = path
+        return pipe if lora is None else pipe.with_lora(lora, lora_scale)
+
+    @functools.cached_property
+    def weights_sha256(self) -> str | None:
+        """The sha256 of the weights file this pipeline was loaded from (None if built in memory)."""
+        from difflab.nets.lora import sha256_file
+
+        return None if self.weights_path is None else sha256_file(self.weights_path)
+
+    @property
+    def weights_file(self) -> str | None:
+        return None if self.weights_path is None else self.weights_path.name
+
+    def with_lora(self, lora: Any, scales: Any = None) -> Pipeline:
+        """A new pipeline whose network has LoRA adapters merged in (:mod:`difflab.nets.lora`):
+        ``lora`` an adapter folder or a list of them (or of (folder, scale) pairs), ``scales`` one
+        strength for all or one per adapter (default 1; 0 is this pipeline's network, exactly).
+        Every adapter must have been trained on this pipeline's weights file (its sha256); this
+        pipeline is left as it was."""
+        from difflab.nets.lora import as_adapters, merge_adapters
+
+        adapters = as_adapters(lora, scales)
+        run = None if self.weights_path is None else self.weights_path.parent
+        net = merge_adapters(self.net, adapters, self.weights_sha256, run)
+        pipe = type(self)(net, self.config, self.device, self.latent)
+        pipe.weights_path, pipe.adapters = self.weights_path, (*self.adapters, *adapters)
+        if self.weights_path is not None:
+            pipe.__dict__["weights_sha256"] = self.weights_sha256  # the base's: more adapters check it
+        return pipe
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -450,9 +488,11 @@ def load_run_latent_space(config: TrainConfig, run: Path | None) -> LatentSpace:
     return space
 
 
-def load(run: str | Path, device: str = "auto", weights: str | None = None) -> Pipeline:
-    """Load a trained run folder as a :class:`Pipeline` (``weights``: ``"last"`` or ``"best"``)."""
-    return Pipeline.load(run, device, weights)
+def load(run: str | Path, device: str = "auto", weights: str | None = None, lora: Any = None,
+         lora_scale: Any = None) -> Pipeline:
+    """Load a trained run folder as a :class:`Pipeline` (``weights``: ``"last"`` or ``"best"``),
+    with LoRA adapter folders ``lora`` merged in at ``lora_scale`` (:meth:`Pipeline.with_lora`)."""
+    return Pipeline.load(run, device, weights, lora, lora_scale)
 
 
 def prompt_rows(prompts: Sequence[str], per_prompt: int, seed: int = 0) -> dict[str, Any]:
