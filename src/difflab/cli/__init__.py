@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from difflab.cli import classifier, demo, edit, eval, export, sample, show, train, vae
+from difflab.cli import classifier, demo, edit, eval, export, finetune, sample, show, train, vae
 from difflab.cli.args import Parser
 
-GROUPS = (train, classifier, vae, sample, show, demo, eval, edit, export)
+GROUPS = (train, classifier, vae, finetune, sample, show, demo, eval, edit, export)
 
 
 def build_parser() -> Parser:

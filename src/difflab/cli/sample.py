@@ -160,10 +160,12 @@ def prompt_kwargs(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from difflab.cli.classifier import guidance_kwargs
+    from difflab.cli.finetune import lora_args
     from difflab.pipeline import load, write_samples
 
     kwargs = sample_kwargs(args)  # flags are checked before the run is loaded
-    pipe = load(args.run, args.device, args.weights)
+    loras, scales = lora_args(args)
+    pipe = load(args.run, args.device, args.weights, lora=loras, lora_scale=scales)
     kwargs.update(prompt_kwargs(pipe, args))  # --prompt, --prompt-file on a text-conditional run
     kwargs.update(guidance_kwargs(pipe, args))  # --classifier (on an unconditional run: with the labels)
     if "class_labels" not in kwargs:
@@ -183,11 +185,13 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from difflab.cli.classifier import add_guidance_args
+    from difflab.cli.finetune import add_lora_args
 
     p = sub.add_parser("sample", help="sample images from a trained run")
     p.add_argument("run", type=Path, help="run folder written by `difflab train`")
     add_sample_args(p)
     add_guidance_args(p)
+    add_lora_args(p)
     p.add_argument("--out", type=Path, default=Path("samples.png"),
                    help=with_default("grid image", "samples.png"))
     p.add_argument("--gif", type=Path, help="also write a denoising GIF")

@@ -54,6 +54,8 @@ TARGETS: tuple[str, ...] = ("attention", "conv", "embed")
 ATTENTION_LAYERS = ("qkv", "proj", "to_q", "to_kv", "cross_proj")
 RESBLOCK_CONVS = ("conv1", "conv2", "skip")
 ADAPTER_NAME = "default"  # peft's name for the one adapter a network is trained with
+DEFAULT_STEPS = 500  # `difflab finetune`'s length and learning rate unless told otherwise
+DEFAULT_LR = 1e-3
 
 Target = Literal["attention", "conv", "embed"]
 

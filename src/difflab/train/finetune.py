@@ -29,6 +29,8 @@ from difflab.io import CheckpointError, atomic_write, save_weights
 from difflab.nets.lora import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
+    DEFAULT_LR,
+    DEFAULT_STEPS,
     LoRAConfig,
     adapter_info,
     adapter_state,
@@ -54,11 +56,6 @@ from difflab.train.loop import (
     use_channels_last,
     write_run_config,
 )
-
-# Fine-tuning defaults: a short run with a constant-then-decaying LR like the recipe's, but smaller.
-DEFAULT_STEPS = 500
-DEFAULT_LR = 1e-3
-METHODS = ("lora",)
 
 
 class LoRATrainer(Trainer):

@@ -1,0 +1,106 @@
+"""``difflab finetune`` (a LoRA adapter of a trained run on new data) and ``difflab merge-lora``
+(a new run folder with adapters merged into the weights)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from difflab.cli.args import duration, non_negative_float, positive_float, positive_int, with_default
+
+
+def add_lora_args(p: argparse.ArgumentParser) -> None:
+    """``--lora DIR`` (repeatable) and ``--lora-scale S`` (one for all, or one per ``--lora``)."""
+    p.add_argument("--lora", type=Path, action="append", metavar="DIR",
+                   help="merge this LoRA adapter (a `difflab finetune` folder) into the run's weights; "
+                   "repeat for several")
+    p.add_argument("--lora-scale", type=float, action="append", metavar="S",
+                   help="strength of the adapters: once for all, or once per --lora in order "
+                   "(default: 1; 0 is the base run)")
+
+
+def lora_args(args: argparse.Namespace) -> tuple[list[Path] | None, list[float] | None]:
+    """The adapters and scales ``--lora`` / ``--lora-scale`` ask for (checked before loading)."""
+    loras, scales = getattr(args, "lora", None), getattr(args, "lora_scale", None)
+    if scales and not loras:
+        raise ValueError("--lora-scale needs --lora")
+    if loras and scales and len(scales) not in (1, len(loras)):
+        raise ValueError(f"give --lora-scale once (for all) or once per --lora: {len(loras)} adapters, "
+                         f"{len(scales)} scales")
+    if loras and scales and len(scales) == 1:
+        scales = scales * len(loras)
+    return loras, scales
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from difflab.nets.lora import LoRAConfig, parse_targets
+    from difflab.train.finetune import finetune
+
+    if args.steps is not None and args.time_budget is not None:
+        raise ValueError("give --steps or --time-budget, not both")
+    lora = LoRAConfig(rank=args.rank, alpha=args.alpha, targets=parse_targets(args.targets),  # type: ignore[arg-type]
+                      dropout=args.lora_dropout)
+    result = finetune(args.run, args.out, data=args.data, lora=lora, steps=args.steps,
+                      time_budget=args.time_budget, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                      weights=args.weights, resume=args.resume, progress=not args.quiet,
+                      sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
+                      device=args.device)
+    print(f"fine-tuned {result.steps} steps in {result.seconds:.0f} s; the adapter is "
+          f"{args.out}/adapter.safetensors (difflab sample {args.run} --lora {args.out})")
+
+
+def cmd_merge(args: argparse.Namespace) -> None:
+    from difflab.train.finetune import merge_into
+
+    loras, scales = lora_args(args)
+    if not loras:
+        raise ValueError("give at least one --lora adapter to merge")
+    out = merge_into(args.run, loras, args.out, scales, args.weights)
+    print(f"wrote {out}: {args.run} with {len(loras)} adapter{'s' if len(loras) > 1 else ''} merged in")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from difflab.data import SPEC_FORMS
+    from difflab.nets.lora import DEFAULT_LR, DEFAULT_STEPS, TARGETS
+
+    p = sub.add_parser("finetune",
+                       help="teach a trained run new data with a LoRA adapter (the run is read only)")
+    p.add_argument("run", type=Path, help="the base run folder (written by `difflab train`; never modified)")
+    p.add_argument("--method", choices=("lora",), default="lora", help=with_default("how", "lora"))
+    p.add_argument("--data", required=True, help=f"the new data: {SPEC_FORMS} (resized to the run's size)")
+    p.add_argument("--out", type=Path, required=True, help="the adapter folder to create (or --resume)")
+    p.add_argument("--rank", type=positive_int, default=4, help=with_default("LoRA rank r", 4))
+    p.add_argument("--alpha", type=positive_float,
+                   help="LoRA alpha: the update is (alpha / r) B A (default: r)")
+    p.add_argument("--targets", default="attention",
+                   help=with_default(f"layers to adapt, any of {', '.join(TARGETS)} separated by commas",
+                                     "attention"))
+    p.add_argument("--lora-dropout", type=non_negative_float, default=0.0,
+                   help=with_default("dropout on the adapter's input", 0.0))
+    p.add_argument("--steps", type=positive_int, help=with_default("optimizer steps", DEFAULT_STEPS))
+    p.add_argument("--time-budget", type=duration, metavar="DURATION",
+                   help="train for this long instead of --steps (e.g. 5m)")
+    p.add_argument("--lr", type=positive_float, default=DEFAULT_LR,
+                   help=with_default("learning rate", DEFAULT_LR))
+    p.add_argument("--batch-size", type=positive_int, help="images per step (default: the run's)")
+    p.add_argument("--seed", type=int, default=0,
+                   help=with_default("seed of the adapter's init and the steps", 0))
+    p.add_argument("--weights", choices=("last", "best"),
+                   help="which weights of the base run (default: as difflab sample)")
+    p.add_argument("--sample-every", type=positive_int,
+                   help="sample grid every N steps (default: the run's)")
+    p.add_argument("--checkpoint-every", type=positive_int,
+                   help="checkpoint every N steps (default: the run's)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the run's)")
+    p.add_argument("--resume", action="store_true", help="continue --out from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_finetune)
+
+    m = sub.add_parser("merge-lora",
+                       help="write a new run folder with LoRA adapters merged into a run's weights")
+    m.add_argument("run", type=Path, help="the base run folder (never modified)")
+    add_lora_args(m)
+    m.add_argument("--out", type=Path, required=True, help="the new run folder")
+    m.add_argument("--weights", choices=("last", "best"),
+                   help="which weights of the base run (default: as difflab sample)")
+    m.set_defaults(func=cmd_merge)
