@@ -56,7 +56,7 @@ def main() -> None:
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--rank", type=int, default=4)
     p.add_argument("--targets", default="attention,conv")
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--time-budget", type=float, default=240.0, help="seconds of fine-tuning (default: 240)")
     p.add_argument("--n", type=int, default=500, help="samples and real images per FD (default: 500)")
     p.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20, the run's sampler)")

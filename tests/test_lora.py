@@ -246,3 +246,34 @@ def test_lora_refuses_networks_it_cannot_adapt():
     with pytest.raises(ValueError, match="no layer"):
         target_modules(plain, ("attention",))
     assert adapter_state(plain) == {}
+
+
+def test_cross_attention_layers_merge_like_peft():
+    """A text-conditional UNet's cross-attention projections (to_q, to_kv, cross_proj) and the time
+    MLP: peft's unmerged layers at scale 0.6 against the plain-torch merge, on random weights."""
+    import copy
+    from pathlib import Path as P
+
+    from difflab.nets import build_net
+    from difflab.nets.lora import Adapter, adapter_info
+
+    torch.manual_seed(0)
+    net = build_net(NET.replace(num_classes=0, context_dim=6)).eval()
+    for p in net.parameters():  # random everywhere (a fresh UNet's zero-initialised outputs hide everything)
+        torch.nn.init.normal_(p, std=0.1)
+    lora = LoRAConfig(rank=3, alpha=1.5, targets=("attention", "embed"))
+    modules = target_modules(net, lora.targets)
+    assert {m.rsplit(".", 1)[1] for m in modules} >= {"to_q", "to_kv", "cross_proj", "qkv", "proj"}
+    info = adapter_info(lora, net, modules, "base", "model.safetensors", "0" * 64, {})
+    wrapped = inject(copy.deepcopy(net), lora, modules)
+    for name, p in wrapped.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    set_scale(wrapped, 0.6)
+    adapter = Adapter(P("mem"), info, adapter_state(wrapped))
+    merged = merge(net, [(adapter, 0.6)])
+    x, t, ctx = torch.randn(2, 1, 28, 28), torch.tensor([3, 40]), torch.randn(2, 5, 6)
+    with torch.no_grad():
+        a, b = wrapped(x, t, context=ctx), merged(x, t, context=ctx)
+        assert (a - net(x, t, context=ctx)).abs().max() > 1e-3  # the adapter matters
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
