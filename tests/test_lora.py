@@ -277,3 +277,19 @@ def test_cross_attention_layers_merge_like_peft():
         a, b = wrapped(x, t, context=ctx), merged(x, t, context=ctx)
         assert (a - net(x, t, context=ctx)).abs().max() > 1e-3  # the adapter matters
     torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_unlabelled_folder_teaches_a_class_conditional_run_its_null_class(runs, tmp_path):
+    from difflab.data import save_images
+
+    root, _ = runs
+    save_images(torch.rand(12, 1, 28, 28) * 2 - 1, tmp_path / "style")  # no subfolders: no labels
+    said: list[str] = []
+    finetune(root / "base", tmp_path / "ft", data=f"folder:{tmp_path / 'style'}", lora=LORA, steps=3,
+             lr=5e-2, progress=False, log=said.append)
+    assert any("null-class" in s for s in said)
+    base = difflab.load(root / "base", "cpu")
+    tuned = base.with_lora(tmp_path / "ft")
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([5, 30])
+    with torch.no_grad():
+        assert not torch.equal(tuned.net(x, t), base.net(x, t))

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from difflab.data import DataConfig, parse_data_spec
+from difflab.data import DataConfig, load_dataset, parse_data_spec
 from difflab.device import resolve_device
 from difflab.io import CheckpointError, atomic_write, save_weights
 from difflab.nets.lora import (
@@ -182,6 +182,10 @@ def finetune(
     cfg = finetune_config(base.config, data, steps=steps, time_budget=time_budget, lr=lr,
                           batch_size=batch_size, seed=seed, sample_every=sample_every,
                           checkpoint_every=checkpoint_every, device=device)
+    if cfg.class_cond and not load_dataset(cfg.data).num_classes:
+        log("the new data has no labels: the adapter learns the class-conditional run's unconditional "
+            "(null-class) branch")
+        cfg = cfg.replace(cond="none")
     run_device = resolve_device(cfg.device)
     cfg, dataset = prepare_data(cfg, log)
     if cfg.net != base.config.net:
