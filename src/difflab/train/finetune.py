@@ -165,10 +165,33 @@ def finetune(
     ``config.json``, ``log.jsonl``, checkpoints, sample grids). The base run is never written.
     ``resume`` continues ``out`` from its last checkpoint (the same base weights, adapter and
     settings; only the length and logging may change)."""
-    from difflab.pipeline import Pipeline
-
     lora = lora or LoRAConfig()
     out, base_run = Path(out), Path(base_run)
+    base, modules, base_state = load_base(base_run, out, weights, lora)
+    cfg = finetune_config(base.config, data, steps=steps, time_budget=time_budget, lr=lr,
+                          batch_size=batch_size, seed=seed, sample_every=sample_every,
+                          checkpoint_every=checkpoint_every, device=device)
+    if cfg.class_cond and not load_dataset(cfg.data).num_classes:
+        log("the new data has no labels: the adapter learns the class-conditional run's unconditional "
+            "(null-class) branch")
+        cfg = cfg.replace(cond="none")
+    cfg, dataset = prepare_data(cfg, log)
+    if cfg.net != base.config.net:
+        raise TrainingError("the fine-tune data needs another network than the base run's; give data of the "
+                            "base run's image size and channels")
+
+    def make(run_device: torch.device) -> LoRATrainer:
+        return LoRATrainer(cfg, dataset, out, run_device, log, base_state, lora, modules)
+
+    return train_adapter(base, base_run, out, cfg, lora, modules, make, {}, resume=resume, progress=progress,
+                         log=log, max_seconds=max_seconds, on_step=on_step)
+
+
+def load_base(base_run: Path, out: Path, weights: str | None, lora: LoRAConfig) -> tuple[Any, list[str],
+                                                                                         dict[str, Any]]:
+    """The base run as a pipeline (on the CPU), the layers ``lora`` adapts and a copy of its weights."""
+    from difflab.pipeline import Pipeline
+
     if out.resolve() == base_run.resolve():
         raise TrainingError(f"--out {out} is the base run itself; the base run is read-only, "
                             "choose a new folder")
@@ -178,25 +201,20 @@ def finetune(
     if base.config.objective != "diffusion":
         raise TrainingError("LoRA fine-tunes diffusion runs; this run was trained with --objective corrupt")
     modules = target_modules(base.net, lora.targets)
-    base_state = {k: v.clone() for k, v in base.net.state_dict().items()}
-    cfg = finetune_config(base.config, data, steps=steps, time_budget=time_budget, lr=lr,
-                          batch_size=batch_size, seed=seed, sample_every=sample_every,
-                          checkpoint_every=checkpoint_every, device=device)
-    if cfg.class_cond and not load_dataset(cfg.data).num_classes:
-        log("the new data has no labels: the adapter learns the class-conditional run's unconditional "
-            "(null-class) branch")
-        cfg = cfg.replace(cond="none")
-    run_device = resolve_device(cfg.device)
-    cfg, dataset = prepare_data(cfg, log)
-    if cfg.net != base.config.net:
-        raise TrainingError("the fine-tune data needs another network than the base run's; give data of the "
-                            "base run's image size and channels")
-    info = adapter_info(lora, base.net, modules, base_run, base.weights_file, base.weights_sha256,
-                        cfg.data.to_dict())
+    return base, modules, {k: v.clone() for k, v in base.net.state_dict().items()}
+
+
+def train_adapter(base: Any, base_run: Path, out: Path, cfg: TrainConfig, lora: LoRAConfig,
+                  modules: Sequence[str], make_trainer: Any, extra_info: dict[str, Any], *, resume: bool,
+                  progress: bool, log: Log, max_seconds: float | None, on_step: OnStep | None) -> TrainResult:
+    """Write ``config.json`` and ``adapter.json`` (checked against a resumed run's), build the
+    trainer (``make_trainer(device)``), resume it, run it and finish."""
+    info = {**adapter_info(lora, base.net, modules, base_run, base.weights_file, base.weights_sha256,
+                           cfg.data.to_dict()), **extra_info}
     check_adapter_config(out, info, resume)
     write_run_config(cfg, out, resume)
     atomic_write(out / ADAPTER_CONFIG, lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
-    trainer = LoRATrainer(cfg, dataset, out, run_device, log, base_state, lora, modules)
+    trainer = make_trainer(resolve_device(cfg.device))
     if resume:
         trainer.resume()
     log(f"base {base_run} ({base.weights_file}, {short(base.weights_sha256)}) is read only; the adapter "
@@ -221,7 +239,7 @@ def check_adapter_config(out: Path, info: dict[str, Any], resume: bool) -> None:
         raise TrainingError(f"--resume: {out} fine-tunes base weights {short(saved['base']['sha256'])}, "
                             f"but the base run now holds {short(info['base']['sha256'])}; resume from the "
                             "same base")
-    diff = [k for k in ("lora", "modules") if saved.get(k) != info[k]]
+    diff = [k for k in ("lora", "modules", "dreambooth") if saved.get(k) != info.get(k)]
     if diff:
         raise TrainingError(f"--resume: {out} was trained with a different LoRA ({', '.join(diff)}); use the "
                             "same --rank/--alpha/--targets or a new --out")
