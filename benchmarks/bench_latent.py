@@ -21,6 +21,7 @@ within 3 points of it.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -44,7 +45,13 @@ def make_config(latent: str | None, steps: int, batch_size: int) -> Any:
 
 def train_model(name: str, latent: str | None, root: Path, minutes: float, probe_s: float,
                 batch_size: int) -> dict[str, Any]:
+    """Train (or, when its ``bench.json`` is there, reuse) one model; its training numbers."""
     from difflab.train import train
+
+    record = root / name / "bench.json"
+    if record.is_file():
+        print(f"  [{name}] reusing {root / name}", flush=True)
+        return json.loads(record.read_text())
 
     per_step = probe_speed(root / f"probe-{name}", probe_s, make_config(latent, BIG, batch_size))
     steps = max(20, int(60 * minutes / per_step))
@@ -54,8 +61,10 @@ def train_model(name: str, latent: str | None, root: Path, minutes: float, probe
     cpu = time.process_time() - cpu0
     print(f"  [{name}] {result.steps} steps in {cpu / 60:.1f} CPU min ({result.seconds / 60:.1f} min wall)",
           flush=True)
-    return {"steps": result.steps, "batch": batch_size, "cpu_s": cpu, "wall_s": result.seconds,
-            "train_ips_cpu": result.steps * cfg.batch_size / cpu, "per_step_probe": per_step}
+    out = {"steps": result.steps, "batch": batch_size, "cpu_s": cpu, "wall_s": result.seconds,
+           "train_ips_cpu": result.steps * cfg.batch_size / cpu, "per_step_probe": per_step}
+    record.write_text(json.dumps(out, indent=2) + "\n")
+    return out
 
 
 def score(run: Path, n: int, steps: int, guidance: float, real: torch.Tensor) -> dict[str, float]:
@@ -107,9 +116,9 @@ def main() -> None:
     rows: dict[str, dict[str, Any]] = {}
     for name, latent, batch in (("pixel", None, args.batch), ("latent", args.vae, args.latent_batch)):
         out = args.runs / name
-        if out.exists():
-            raise SystemExit(f"{out} exists: remove it (or give another --runs) to train afresh")
-        rows[name] = train_model(name, latent, args.runs, args.minutes, 10.0 if args.quick else 40.0, batch)
+        if out.exists() and not (out / "bench.json").is_file():
+            raise SystemExit(f"{out} exists without bench.json: remove it (or give another --runs)")
+        rows[name] = train_model(name, latent, args.runs, args.minutes, 10.0 if args.quick else 90.0, batch)
         rows[name].update(score(out, args.n, args.steps, args.guidance, real))
         print(load_report(f"after {name}"), flush=True)
     pix, lat = rows["pixel"], rows["latent"]
