@@ -118,3 +118,22 @@ def test_dreambooth_refuses_runs_without_text(tmp_path):
     with pytest.raises(TrainingError, match="text-conditional"):
         dreambooth(tmp_path / "base", tmp_path / "db", instance_images=tmp_path / "subject",
                    instance_prompt=INSTANCE, class_prompt=CLASS, **QUIET)
+
+
+def test_cli_dreambooth_then_sample_with_the_identifier(base, tmp_path, capsys):
+    from difflab.cli import main
+
+    out = tmp_path / "db"
+    assert main(["finetune", str(base / "base"), "--method", "dreambooth", "--instance-images",
+                 str(base / "subject"), "--instance-prompt", INSTANCE, "--class-prompt", CLASS,
+                 "--num-class-images", "4", "--prior-steps", "2", "--rank", "2", "--steps", "2",
+                 "--batch-size", "4", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "adapter.json").read_text())["dreambooth"]["instance_prompt"] == INSTANCE
+    assert main(["sample", str(base / "base"), "--lora", str(out), "--prompt", INSTANCE, "--n", "2",
+                 "--steps", "2", "--out", str(tmp_path / "s.png")]) == 0
+    capsys.readouterr()
+    assert main(["finetune", str(base / "base"), "--method", "dreambooth", "--instance-images",
+                 str(base / "subject"), "--out", str(tmp_path / "x")]) == 2
+    assert "--instance-prompt, --class-prompt" in capsys.readouterr().err
+    assert main(["finetune", str(base / "base"), "--out", str(tmp_path / "y")]) == 2
+    assert "needs --data" in capsys.readouterr().err

@@ -38,13 +38,35 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
     if args.steps is not None and args.time_budget is not None:
         raise ValueError("give --steps or --time-budget, not both")
+    db_flags = {"--instance-images": args.instance_images, "--instance-prompt": args.instance_prompt,
+                "--class-prompt": args.class_prompt}
+    if args.method == "lora":
+        given = [f for f, v in db_flags.items() if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} are for --method dreambooth")
+        if args.data is None:
+            raise ValueError("--method lora needs --data: the images to learn")
+    else:
+        missing = [f for f, v in db_flags.items() if v is None]
+        if missing:
+            raise ValueError(f"--method dreambooth needs {', '.join(missing)}")
+        if args.data is not None:
+            raise ValueError("--method dreambooth learns the --instance-images; drop --data")
     lora = LoRAConfig(rank=args.rank, alpha=args.alpha, targets=parse_targets(args.targets),  # type: ignore[arg-type]
                       dropout=args.lora_dropout)
-    result = finetune(args.run, args.out, data=args.data, lora=lora, steps=args.steps,
-                      time_budget=args.time_budget, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                      weights=args.weights, resume=args.resume, progress=not args.quiet,
-                      sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
-                      device=args.device)
+    common = dict(lora=lora, steps=args.steps, time_budget=args.time_budget, lr=args.lr,
+                  batch_size=args.batch_size, seed=args.seed, weights=args.weights, resume=args.resume,
+                  progress=not args.quiet, sample_every=args.sample_every,
+                  checkpoint_every=args.checkpoint_every, device=args.device)
+    if args.method == "dreambooth":
+        from difflab.train.dreambooth import dreambooth
+
+        result = dreambooth(args.run, args.out, instance_images=args.instance_images,
+                            instance_prompt=args.instance_prompt, class_prompt=args.class_prompt,
+                            prior_weight=args.prior_weight, num_class_images=args.num_class_images,
+                            prior_steps=args.prior_steps, **common)  # type: ignore[arg-type]
+    else:
+        result = finetune(args.run, args.out, data=args.data, **common)  # type: ignore[arg-type]
     print(f"fine-tuned {result.steps} steps in {result.seconds:.0f} s; the adapter is "
           f"{args.out}/adapter.safetensors (difflab sample {args.run} --lora {args.out})")
 
@@ -66,8 +88,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune",
                        help="teach a trained run new data with a LoRA adapter (the run is read only)")
     p.add_argument("run", type=Path, help="the base run folder (written by `difflab train`; never modified)")
-    p.add_argument("--method", choices=("lora",), default="lora", help=with_default("how", "lora"))
-    p.add_argument("--data", required=True, help=f"the new data: {SPEC_FORMS} (resized to the run's size)")
+    p.add_argument("--method", choices=("lora", "dreambooth"), default="lora",
+                   help=with_default("lora: learn --data; dreambooth: bind --instance-images to "
+                                     "--instance-prompt (a LoRA on a text-conditional run)", "lora"))
+    p.add_argument("--data", help=f"--method lora: the new data, {SPEC_FORMS} (resized to the run's size)")
+    p.add_argument("--instance-images", type=Path, metavar="DIR",
+                   help="--method dreambooth: a folder with a handful of images of the subject")
+    p.add_argument("--instance-prompt",
+                   help='--method dreambooth: the prompt with the identifier, e.g. "a sks digit"')
+    p.add_argument("--class-prompt",
+                   help='--method dreambooth: the subject\'s class, e.g. "a handwritten digit"')
+    p.add_argument("--prior-weight", type=non_negative_float, default=1.0,
+                   help=with_default("--method dreambooth: weight of the prior-preservation loss "
+                                     "(0: none)", 1.0))
+    p.add_argument("--num-class-images", type=positive_int, default=100,
+                   help=with_default("--method dreambooth: prior images the base run draws (cached "
+                                     "in OUT/prior)", 100))
+    p.add_argument("--prior-steps", type=positive_int,
+                   help="--method dreambooth: sampling steps of the prior images (default: the run's)")
     p.add_argument("--out", type=Path, required=True, help="the adapter folder to create (or --resume)")
     p.add_argument("--rank", type=positive_int, default=4, help=with_default("LoRA rank r", 4))
     p.add_argument("--alpha", type=positive_float,
