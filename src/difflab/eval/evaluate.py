@@ -302,6 +302,9 @@ def _bpd(pipe, dataset, n: int, timesteps: int, seed: int, held_out: bool, batch
     from difflab.diffusion import Denoiser
     from difflab.losses import bits_per_dim
 
+    if getattr(pipe, "latent", None) is not None:
+        raise ValueError("bpd bounds the likelihood of pixels, and a latent run models its autoencoder's "
+                         "latents (the bound would need the decoder's likelihood): drop bpd from --metrics")
     idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
     den = Denoiser(pipe.net, pipe.schedule, pipe.config.prediction)
     gen = torch.Generator().manual_seed(seed)
