@@ -13,7 +13,10 @@ convolutions) for ``--steps`` with the instance prompt "a sks digit", once with 
   mean nearest-neighbour distance (RMS over pixels in [-1, 1]) to the instance images, and
   FD-EffNetLite0 to 500 real images of the subject's class;
 - prior: prompt-agreement-digit on the run's held-out digit prompts (``--n-agree`` samples): the
-  share the MNIST classifier assigns to the digit each prompt names.
+  share the MNIST classifier assigns to the digit each prompt names; and the class prompt itself:
+  the share of its samples the classifier calls some digit with confidence >= 0.9.
+
+Adapters already in ``--out`` (same settings) are reused, so a second run only scores.
 
 Goals (exit status 1 when missed), from the issue: with prior preservation the instance prompt
 reproduces the subject (its samples are nearer to the instance images than other real images of
@@ -105,7 +108,8 @@ def main() -> None:
     for label, weight in (("DreamBooth, prior 1", 1.0), ("DreamBooth, no prior", 0.0)):
         out = root / ("db-prior" if weight else "db-noprior")
         t0 = time.perf_counter()
-        res = dreambooth(args.base, out, instance_images=root / "subject", instance_prompt=INSTANCE,
+        res = dreambooth(args.base, out, resume=(out / "config.json").is_file(),
+                         instance_images=root / "subject", instance_prompt=INSTANCE,
                          class_prompt=CLASS, prior_weight=weight, num_class_images=args.num_class_images,
                          lora=lora, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                          sample_every=10**9, progress=False, log=lambda s: print("  " + s, flush=True))
@@ -122,16 +126,18 @@ def main() -> None:
         nn = nn_distance(samples, subject)
         fd = frechet_distance(*feature_statistics(eff.features(samples)), *ref)
         agree = prompt_agreement(pipe, dig.probs, n=args.n_agree)
-        rows.append((label, nn, fd, agree))
+        confident = (dig.probs(pipe.sample(args.n_subject, prompts=CLASS, seed=2000)).max(1).values >= 0.9)
+        rows.append((label, nn, fd, agree, confident.float().mean().item()))
         print(f"  scored {label} in {time.perf_counter() - t0:.0f} s", flush=True)
 
     print(f"\n| model | NN distance to the {args.subject_n} instance images | FD-EffNetLite0 to 500 real "
-          f"class-{args.subject_class} images | prompt-agreement-digit ({rows[0][3].note}) |")
-    print("|---|---|---|---|")
-    for label, nn, fd, agree in rows:
-        print(f"| {label} | {nn:.3f} | {fd:.1f} | {agree.share:.1%} ± {agree.stderr:.1%} |")
+          f"class-{args.subject_class} images | prompt-agreement-digit ({rows[0][3].note}) | "
+          f"{CLASS!r}: confident digits ({args.n_subject} samples) |")
+    print("|---|---|---|---|---|")
+    for label, nn, fd, agree, confident in rows:
+        print(f"| {label} | {nn:.3f} | {fd:.1f} | {agree.share:.1%} ± {agree.stderr:.1%} | {confident:.0%} |")
     floor = nn_distance(boots[args.subject_n : args.subject_n + args.n_subject], subject)
-    print(f"| (real class-{args.subject_class} images, not the instances) | {floor:.3f} | | |")
+    print(f"| (real class-{args.subject_class} images, not the instances) | {floor:.3f} | | | |")
     base_nn, base_agree = rows[0][1], rows[0][3].share
     prior_nn, prior_agree, noprior_agree = rows[1][1], rows[1][3].share, rows[2][3].share
     print(f"\nagreement drift: with prior {100 * (prior_agree - base_agree):+.1f} points, without "
