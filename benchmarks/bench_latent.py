@@ -6,8 +6,9 @@ their input (28x28x1 pixels, or the autoencoder's 7x7x4 latents; the latent mode
 ``--latent-batch``, 256, since its steps are cheap enough), trained for ``--minutes`` of
 CPU time each (steps sized from a probe of CPU seconds per step, as bench_text_cond.py does, so
 other work on the machine does not shrink either budget). Scored on the same prompts and seeds:
-training images per CPU second, sampling images per second (``--n`` images, DDIM ``--steps``
-steps at guidance ``--guidance``, the latent model's decoding included), FD-digit of those
+training images per CPU second, sampling images per second (64 prompted images, DDIM ``--steps``
+steps at guidance ``--guidance``, the latent model's decoding included; the two models
+interleaved, three rounds, the median), FD-digit of those
 samples against the 5,000 real digits, and prompt-agreement-digit on the held-out prompts.
 
 Goals (exit status 1 when missed; not enforced with ``--quick``): the latent model trains at least
@@ -79,13 +80,30 @@ def score(run: Path, n: int, steps: int, guidance: float, real: torch.Tensor) ->
     prompts, classes = held_out_prompts("digits", [str(i) for i in range(10)])
     picked = [prompts[i % len(prompts)] for i in range(n)]
     named = torch.tensor([classes[i % len(prompts)] for i in range(n)])
-    pipe.sample(4, prompts=picked[:4], sampler="ddim", steps=steps, guidance=guidance)  # warm-up
-    t0 = time.perf_counter()
     images = pipe.sample(n, prompts=picked, sampler="ddim", steps=steps, guidance=guidance, batch_size=n)
-    seconds = time.perf_counter() - t0
     share = float((digit_probs(images).argmax(1) == named).double().mean())
-    return {"sample_ips": n / seconds, "fd_digit": fd_digit(images, real), "agreement": share,
-            "stderr": (share * (1 - share) / n) ** 0.5}
+    return {"fd_digit": fd_digit(images, real), "agreement": share, "stderr": (share * (1 - share) / n) ** 0.5}
+
+
+def sampling_speed(runs: dict[str, Path], n: int, steps: int, guidance: float, rounds: int = 3
+                   ) -> dict[str, float]:
+    """Images/s of each run sampling ``n`` prompted images, the runs interleaved round by round
+    (so load on the machine hits both alike); the median round of each."""
+    import statistics
+
+    import difflab
+
+    pipes = {name: difflab.load(run, "cpu") for name, run in runs.items()}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    prompts = [f"a handwritten {i % 10}" for i in range(n)]
+    for name, pipe in pipes.items():  # warm-up
+        pipe.sample(4, prompts=prompts[:4], sampler="ddim", steps=steps, guidance=guidance)
+    for _ in range(rounds):
+        for name, pipe in pipes.items():
+            t0 = time.perf_counter()
+            pipe.sample(n, prompts=prompts, sampler="ddim", steps=steps, guidance=guidance, batch_size=n)
+            times[name].append(time.perf_counter() - t0)
+    return {name: n / statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -121,6 +139,10 @@ def main() -> None:
         rows[name] = train_model(name, latent, args.runs, args.minutes, 10.0 if args.quick else 90.0, batch)
         rows[name].update(score(out, args.n, args.steps, args.guidance, real))
         print(load_report(f"after {name}"), flush=True)
+    speed = sampling_speed({name: args.runs / name for name in rows}, 16 if args.quick else 64, args.steps,
+                           args.guidance, 1 if args.quick else 3)
+    for name, ips in speed.items():
+        rows[name]["sample_ips"] = ips
     pix, lat = rows["pixel"], rows["latent"]
     print(f"\ntext-conditional MNIST, {args.minutes:g} CPU min of training each; {args.n} samples, DDIM "
           f"{args.steps} steps at guidance {args.guidance:g}\n")
