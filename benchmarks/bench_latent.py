@@ -82,7 +82,8 @@ def score(run: Path, n: int, steps: int, guidance: float, real: torch.Tensor) ->
     named = torch.tensor([classes[i % len(prompts)] for i in range(n)])
     images = pipe.sample(n, prompts=picked, sampler="ddim", steps=steps, guidance=guidance, batch_size=n)
     share = float((digit_probs(images).argmax(1) == named).double().mean())
-    return {"fd_digit": fd_digit(images, real), "agreement": share, "stderr": (share * (1 - share) / n) ** 0.5}
+    stderr = (share * (1 - share) / n) ** 0.5
+    return {"fd_digit": fd_digit(images, real), "agreement": share, "stderr": stderr}
 
 
 def sampling_speed(runs: dict[str, Path], n: int, steps: int, guidance: float, rounds: int = 3
@@ -96,7 +97,7 @@ def sampling_speed(runs: dict[str, Path], n: int, steps: int, guidance: float, r
     pipes = {name: difflab.load(run, "cpu") for name, run in runs.items()}
     times: dict[str, list[float]] = {name: [] for name in runs}
     prompts = [f"a handwritten {i % 10}" for i in range(n)]
-    for name, pipe in pipes.items():  # warm-up
+    for pipe in pipes.values():  # warm-up
         pipe.sample(4, prompts=prompts[:4], sampler="ddim", steps=steps, guidance=guidance)
     for _ in range(rounds):
         for name, pipe in pipes.items():
