@@ -137,3 +137,18 @@ def test_cli_dreambooth_then_sample_with_the_identifier(base, tmp_path, capsys):
     assert "--instance-prompt, --class-prompt" in capsys.readouterr().err
     assert main(["finetune", str(base / "base"), "--out", str(tmp_path / "y")]) == 2
     assert "needs --data" in capsys.readouterr().err
+
+
+def test_several_class_prompts_caption_the_prior_images_in_turn(base, tmp_path):
+    from difflab.train.dreambooth import prior_prompts
+
+    assert prior_prompts(["a 1", "a 7"], 5) == ["a 1", "a 7", "a 1", "a 7", "a 1"]
+    assert prior_prompts("a digit", 2) == ["a digit", "a digit"]
+    classes = ["a handwritten one", "a handwritten seven"]
+    said: list[str] = []
+    dreambooth(base / "base", tmp_path / "db", instance_images=base / "subject", instance_prompt=INSTANCE,
+               class_prompt=classes, lora=LORA, steps=2, batch_size=4, num_class_images=4, prior_steps=2,
+               progress=False, log=said.append)
+    assert json.loads((tmp_path / "db" / "prior" / "prior.json").read_text())["class_prompt"] == classes
+    assert json.loads((tmp_path / "db" / "adapter.json").read_text())["dreambooth"]["class_prompt"] == classes
+    assert any("2 distinct captions" in s for s in said)  # the prior stream's table: both prompts

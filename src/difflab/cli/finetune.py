@@ -61,8 +61,10 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     if args.method == "dreambooth":
         from difflab.train.dreambooth import dreambooth
 
+        classes = args.class_prompt
         result = dreambooth(args.run, args.out, instance_images=args.instance_images,
-                            instance_prompt=args.instance_prompt, class_prompt=args.class_prompt,
+                            instance_prompt=args.instance_prompt,
+                            class_prompt=classes[0] if len(classes) == 1 else classes,
                             prior_weight=args.prior_weight, num_class_images=args.num_class_images,
                             prior_steps=args.prior_steps, **common)  # type: ignore[arg-type]
     else:
@@ -96,8 +98,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="--method dreambooth: a folder with a handful of images of the subject")
     p.add_argument("--instance-prompt",
                    help='--method dreambooth: the prompt with the identifier, e.g. "a sks digit"')
-    p.add_argument("--class-prompt",
-                   help='--method dreambooth: the subject\'s class, e.g. "a handwritten digit"')
+    p.add_argument("--class-prompt", action="append",
+                   help='--method dreambooth: the subject\'s class, e.g. "a handwritten digit"; repeat it '
+                   "for several, cycled over the prior images")
     p.add_argument("--prior-weight", type=non_negative_float, default=1.0,
                    help=with_default("--method dreambooth: weight of the prior-preservation loss "
                                      "(0: none)", 1.0))

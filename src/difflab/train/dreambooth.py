@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +41,22 @@ PRIOR_DIR = "prior"
 DEFAULT_CLASS_IMAGES = 100
 
 
-def prior_images(base: Any, out: Path, class_prompt: str, n: int, steps: int | None, log: Log) -> Path:
-    """``n`` images the base run draws from ``class_prompt`` (its sampler and guidance, seeds
-    0..n-1), written to ``out/prior/`` once and reused while base weights and settings match."""
+def prior_prompts(class_prompt: str | Sequence[str], n: int) -> list[str]:
+    """The prompt of each of ``n`` prior images: the class prompt, or several cycled."""
+    prompts = [class_prompt] if isinstance(class_prompt, str) else list(class_prompt)
+    return [prompts[i % len(prompts)] for i in range(n)]
+
+
+def prior_images(base: Any, out: Path, class_prompt: str | Sequence[str], n: int, steps: int | None,
+                 log: Log) -> Path:
+    """``n`` images the base run draws from ``class_prompt`` (or several class prompts, cycled;
+    the run's sampler and guidance, seeds 0..n-1), written to ``out/prior/`` once and reused while
+    base weights and settings match."""
     from difflab.data import save_images
 
     folder = out / PRIOR_DIR
-    key = {"base_sha256": base.weights_sha256, "class_prompt": class_prompt, "n": n,
+    key = {"base_sha256": base.weights_sha256,
+           "class_prompt": class_prompt if isinstance(class_prompt, str) else list(class_prompt), "n": n,
            "sampler": base.config.sample_sampler, "steps": steps or base.config.sample_steps,
            "guidance": base.config.sample_guidance, "seed": 0}
     record = folder / "prior.json"
@@ -56,7 +66,7 @@ def prior_images(base: Any, out: Path, class_prompt: str, n: int, steps: int | N
     shutil.rmtree(folder, ignore_errors=True)
     log(f"prior preservation: drawing {n} images of {class_prompt!r} from the base run "
         f"({key['sampler']}, {key['steps']} steps, guidance {key['guidance']:g})")
-    images = base.sample(n, prompts=class_prompt, steps=key["steps"], seed=0)
+    images = base.sample(n, prompts=prior_prompts(class_prompt, n), steps=key["steps"], seed=0)
     save_images(images, folder)
     atomic_write(record, lambda tmp: tmp.write_text(json.dumps(key, indent=2) + "\n"))
     return folder
@@ -83,6 +93,9 @@ class DreamBoothTrainer(LoRATrainer):
             with forked_rng(self.device):
                 self.prior_captions = CaptionTable.from_captions(
                     self.prior.captions, get_encoder(text.encoder, text.max_length), self.device)
+            distinct = len(self.prior_captions.captions)
+            self.log(f"prior preservation: {len(self.prior)} images, {distinct} distinct captions, "
+                     f"loss weight {prior_weight:g}")
 
     def loss(self, x0: Tensor, labels: Tensor | None, indices: Tensor | None = None) -> Tensor:
         loss = super().loss(x0, labels, indices)
@@ -123,7 +136,7 @@ def dreambooth(
     *,
     instance_images: str | Path,
     instance_prompt: str,
-    class_prompt: str,
+    class_prompt: str | Sequence[str],
     prior_weight: float = 1.0,
     num_class_images: int = DEFAULT_CLASS_IMAGES,
     prior_steps: int | None = None,
@@ -145,14 +158,17 @@ def dreambooth(
 ) -> TrainResult:
     """Fine-tune a LoRA adapter (default rank 4 on attention) of the text-conditional run
     ``base_run`` on the images in ``instance_images`` with ``instance_prompt``, preserving the
-    prior of ``class_prompt`` with weight ``prior_weight`` on ``num_class_images`` images the base
+    prior of ``class_prompt`` (or of several class prompts, each prior image captioned with the
+    one it was drawn from) with weight ``prior_weight`` on ``num_class_images`` images the base
     draws (in ``prior_steps`` steps; cached in ``out/prior``). Writes the adapter folder ``out``."""
     lora = lora or LoRAConfig()
     out, base_run = Path(out), Path(base_run)
     if prior_weight < 0:
         raise ValueError(f"--prior-weight must be >= 0, got {prior_weight}")
-    if not instance_prompt.strip() or not class_prompt.strip():
+    classes = [class_prompt] if isinstance(class_prompt, str) else list(class_prompt)
+    if not instance_prompt.strip() or not classes or not all(c.strip() for c in classes):
         raise ValueError("DreamBooth needs an --instance-prompt and a --class-prompt")
+    class_prompt = class_prompt if isinstance(class_prompt, str) else classes
     base, modules, base_state = load_base(base_run, out, weights, lora)
     if base.config.cond != "text":
         raise TrainingError(f"DreamBooth binds a subject to a prompt: {base_run} must be a text-conditional "
@@ -173,7 +189,8 @@ def dreambooth(
         out.mkdir(parents=True, exist_ok=True)
         with torch.random.fork_rng():
             folder = prior_images(base, out, class_prompt, num_class_images, prior_steps, log)
-        prior = captioned_folder(folder, class_prompt, data_cfg.image_size, data_cfg.channels)
+        prior = captioned_folder(folder, "", data_cfg.image_size, data_cfg.channels)
+        prior.captions = prior_prompts(class_prompt, len(prior))
     log(f"DreamBooth: {len(instance)} instance images as {instance_prompt!r}"
         + (f", {num_class_images} prior images of {class_prompt!r} at weight {prior_weight:g}" if prior else
            " (no prior preservation)"))
