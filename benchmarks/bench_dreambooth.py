@@ -76,6 +76,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--num-class-images", type=int, default=100)
+    p.add_argument("--per-digit-prior", action="store_true",
+                   help='draw the prior from "a handwritten zero" ... "a handwritten nine" (cycled) '
+                   'instead of '
+                   "the one class prompt")
     p.add_argument("--n-subject", type=int, default=50)
     p.add_argument("--n-agree", type=int, default=200)
     p.add_argument("--goal-drift", type=float, default=5.0, help="points of agreement (default: 5)")
@@ -104,13 +108,17 @@ def main() -> None:
     subject = boots[: args.subject_n]
     save_images(subject, root / "subject")
     lora = LoRAConfig(rank=args.rank, targets=parse_targets(args.targets))  # type: ignore[arg-type]
+    classes: str | list[str] = CLASS
+    if args.per_digit_prior:
+        classes = [f"a handwritten {w}" for w in ("zero", "one", "two", "three", "four", "five", "six",
+                                                 "seven", "eight", "nine")]
     adapters = {}
     for label, weight in (("DreamBooth, prior 1", 1.0), ("DreamBooth, no prior", 0.0)):
         out = root / ("db-prior" if weight else "db-noprior")
         t0 = time.perf_counter()
         res = dreambooth(args.base, out, resume=(out / "config.json").is_file(),
                          instance_images=root / "subject", instance_prompt=INSTANCE,
-                         class_prompt=CLASS, prior_weight=weight, num_class_images=args.num_class_images,
+                         class_prompt=classes, prior_weight=weight, num_class_images=args.num_class_images,
                          lora=lora, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                          sample_every=10**9, progress=False, log=lambda s: print("  " + s, flush=True))
         seconds = time.perf_counter() - t0
