@@ -22,8 +22,11 @@ Goals (exit status 1 when missed), from the issue: with prior preservation the i
 reproduces the subject (its samples are nearer to the instance images than other real images of
 the subject's class are: the last row of the table) and the digit prompts keep the base's
 agreement within ``--goal-drift`` points (5); without prior preservation the drift is reported.
+``--per-digit-prior`` draws the prior from the ten prompts "a handwritten zero" ... "nine" in turn
+instead of the one class prompt (benchmarks/README.md: only that meets the drift goal).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_dreambooth.py --base runs/db-base
+    OMP_NUM_THREADS=1 python benchmarks/bench_dreambooth.py --base runs/db-base                     # exits 1
+    OMP_NUM_THREADS=1 python benchmarks/bench_dreambooth.py --base runs/db-base --per-digit-prior   # exits 0
     OMP_NUM_THREADS=1 python benchmarks/bench_dreambooth.py --base runs/db-base --quick   # goals not enforced
 """
 
@@ -78,8 +81,7 @@ def main() -> None:
     p.add_argument("--num-class-images", type=int, default=100)
     p.add_argument("--per-digit-prior", action="store_true",
                    help='draw the prior from "a handwritten zero" ... "a handwritten nine" (cycled) '
-                   'instead of '
-                   "the one class prompt")
+                   "instead of the one class prompt")
     p.add_argument("--n-subject", type=int, default=50)
     p.add_argument("--n-agree", type=int, default=200)
     p.add_argument("--goal-drift", type=float, default=5.0, help="points of agreement (default: 5)")
