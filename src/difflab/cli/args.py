@@ -68,3 +68,6 @@ def int_list(text: str) -> tuple[int, ...]:
     if min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
     return values
+
+
+RUN_HELP = "run folder written by `difflab train`, or diffusers:DIR (a local diffusers pipeline folder)"

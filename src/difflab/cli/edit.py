@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from difflab.cli.args import non_negative_float, positive_int, with_default
+from difflab.cli.args import RUN_HELP, non_negative_float, positive_int, with_default
 from difflab.cli.noise_file import read_noise, settings_path
 
 
@@ -24,7 +24,7 @@ def _strength(text: str) -> float:
 
 
 def _common(p: argparse.ArgumentParser, guidance_default: str) -> None:
-    p.add_argument("run", type=Path, help="run folder written by `difflab train`")
+    p.add_argument("run", type=Path, help=RUN_HELP)
     p.add_argument("--class", dest="classes",
                    help="class-conditional runs: edit towards this class (a number or name)")
     p.add_argument("--prompt", help="text-conditional runs: edit towards this prompt")
@@ -268,7 +268,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_inpaint)
 
     p = cmds.add_parser("img2img", help="SDEdit: noise an image part way and denoise it (towards --class)")
-    p.add_argument("run", type=Path, help="run folder written by `difflab train`")
+    p.add_argument("run", type=Path, help=RUN_HELP)
     add_sample_args(p)
     p.add_argument("--image", type=Path, required=True, help="the image, at the run's size")
     p.add_argument("--strength", type=_strength, default=0.6,

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from difflab.cli.args import positive_int
+from difflab.cli.args import RUN_HELP, positive_int
 from difflab.eval.features import FEATURES
 
 
@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_fd)
 
     p = sub.add_parser("eval", help="sample a run with fixed seeds and score it against its data")
-    p.add_argument("run", type=Path, help="run folder written by `difflab train`")
+    p.add_argument("run", type=Path, help=RUN_HELP)
     p.add_argument("--n", type=positive_int, default=5000, help="generated images (default 5000)")
     p.add_argument("--metrics", help=f"comma-separated, from: {','.join(METRICS)} "
                    "(default: fd-effnet,kid,precision-recall, plus fd-digit,digit on digit data)")

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from difflab.cli.args import non_negative_float, positive_int, with_default
+from difflab.cli.args import RUN_HELP, non_negative_float, positive_int, with_default
 
 
 def _run_default(what: str, field: str) -> str:
@@ -188,7 +188,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from difflab.cli.finetune import add_lora_args
 
     p = sub.add_parser("sample", help="sample images from a trained run")
-    p.add_argument("run", type=Path, help="run folder written by `difflab train`")
+    p.add_argument("run", type=Path, help=RUN_HELP)
     add_sample_args(p)
     add_guidance_args(p)
     add_lora_args(p)
