@@ -220,6 +220,10 @@ def _code_default(command, action):
             return ClassifierTrainConfig.default("data").source
         if action.dest in {f.name for f in fields(ClassifierTrainConfig)}:
             return ClassifierTrainConfig.default(action.dest)
+    if command == "finetune" and action.dest == "steps":  # None: --time-budget may give the length
+        from difflab.nets.lora import DEFAULT_STEPS
+
+        return DEFAULT_STEPS
     if command == "sample" and action.dest == "classifier_scale":
         import inspect
 

@@ -16,7 +16,7 @@ def add_lora_args(p: argparse.ArgumentParser) -> None:
                    "repeat for several")
     p.add_argument("--lora-scale", type=float, action="append", metavar="S",
                    help="strength of the adapters: once for all, or once per --lora in order "
-                   "(default: 1; 0 is the base run)")
+                   "(default: the full adapter, scale 1; 0 is the base run)")
 
 
 def lora_args(args: argparse.Namespace) -> tuple[list[Path] | None, list[float] | None]:
@@ -112,7 +112,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="the adapter folder to create (or --resume)")
     p.add_argument("--rank", type=positive_int, default=4, help=with_default("LoRA rank r", 4))
     p.add_argument("--alpha", type=positive_float,
-                   help="LoRA alpha: the update is (alpha / r) B A (default: r)")
+                   help="LoRA alpha: the update is (alpha / r) B A (default: the rank r)")
     p.add_argument("--targets", default="attention",
                    help=with_default(f"layers to adapt, any of {', '.join(TARGETS)} separated by commas",
                                      "attention"))
