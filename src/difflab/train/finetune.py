@@ -25,7 +25,7 @@ import torch
 
 from difflab.data import DataConfig, load_dataset, parse_data_spec
 from difflab.device import resolve_device
-from difflab.io import CheckpointError, atomic_write, save_weights
+from difflab.io import atomic_write, save_weights
 from difflab.nets.lora import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -50,6 +50,7 @@ from difflab.train.loop import (
     Trainer,
     TrainingError,
     TrainResult,
+    drive,
     lr_lambda,
     make_optimizer,
     prepare_data,
@@ -214,19 +215,11 @@ def train_adapter(base: Any, base_run: Path, out: Path, cfg: TrainConfig, lora: 
     check_adapter_config(out, info, resume)
     write_run_config(cfg, out, resume)
     atomic_write(out / ADAPTER_CONFIG, lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
-    trainer = make_trainer(resolve_device(cfg.device))
-    if resume:
-        trainer.resume()
-    log(f"base {base_run} ({base.weights_file}, {short(base.weights_sha256)}) is read only; the adapter "
-        f"(rank {lora.rank}, {', '.join(lora.targets)}: {len(modules)} layers) goes to "
-        f"{out / ADAPTER_WEIGHTS}")
-    trainer.describe()
-    try:
-        with trainer.outputs(progress):
-            trainer.run(max_seconds, on_step)
-    except CheckpointError as err:
-        raise TrainingError(str(err)) from err
-    return trainer.finish()
+    note = (f"base {base_run} ({base.weights_file}, {short(base.weights_sha256)}) is read only; the adapter "
+            f"(rank {lora.rank}, {', '.join(lora.targets)}: {len(modules)} layers) goes to "
+            f"{out / ADAPTER_WEIGHTS}")
+    return drive(make_trainer(resolve_device(cfg.device)), resume=resume, progress=progress,
+                 max_seconds=max_seconds, on_step=on_step, note=note)
 
 
 def check_adapter_config(out: Path, info: dict[str, Any], resume: bool) -> None:

@@ -843,9 +843,18 @@ def train(
     write_run_config(cfg, out, resume)
     if cfg.latent:
         keep_autoencoder(cfg, out)
-    trainer = Trainer(cfg, data, out, device, log)
+    return drive(Trainer(cfg, data, out, device, log), resume=resume, progress=progress,
+                 max_seconds=max_seconds, on_step=on_step)
+
+
+def drive(trainer: Trainer, *, resume: bool, progress: bool, max_seconds: float | None,
+          on_step: OnStep | None, note: str | None = None) -> TrainResult:
+    """Resume ``trainer`` if asked, log ``note`` and the run's description, train it to the end
+    (or ``max_seconds``) and finish: the part every kind of training run shares."""
     if resume:
         trainer.resume()
+    if note is not None:
+        trainer.log(note)
     trainer.describe()
     try:
         with trainer.outputs(progress):
