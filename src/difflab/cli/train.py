@@ -111,6 +111,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help=_config_help("auto | cpu | cuda | cuda:N", "device"))
     p.add_argument("--compile", action="store_true", help="torch.compile the network for training")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--skip-nonfinite", action="store_true",
+                   help="skip (and count in log.jsonl) steps whose loss or gradients are NaN/inf instead of "
+                   "stopping there; the weights and EMA never take such a step")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -205,7 +208,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         from difflab.train.estimate import estimate
 
         print(estimate(cfg).describe(), flush=True)
-    result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress,
+                   skip_nonfinite=args.skip_nonfinite)
     print(
         f"trained {result.steps} steps in {result.seconds:.0f} s ({result.images_per_s:.0f} images/s); "
         f"weights: {Path(args.out) / 'model.safetensors'}"

@@ -50,12 +50,13 @@ from difflab.train.checkpoint import (
     CheckpointError,
     atomic_write,
     list_checkpoints,
-    load_checkpoint,
+    load_latest_checkpoint,
     prune_checkpoints,
     save_checkpoint,
     save_weights,
 )
 from difflab.train.ema import EMA
+from difflab.train.lock import run_lock
 
 Log = Callable[[str], None]
 OnStep = Callable[[int, float, nn.Module], None]
@@ -394,6 +395,10 @@ class Trainer:
         self.calibration: tuple[int, float] | None = None  # (step, time) where timing started
         # Where the budget was fitted: step, training seconds, seconds reserved for the end, refits done.
         self.fit_point: dict[str, float] | None = None
+        # Steps with a non-finite loss or gradient: skipped (no update, EMA untouched) when
+        # skip_nonfinite, else training stops there.
+        self.skip_nonfinite = False
+        self.skipped_nonfinite = 0
 
     def _latent_data(self, data: ImageDataset | LatentDataset) -> tuple[LatentSpace, LatentDataset]:
         """The autoencoder of a latent run, and the data as its cached latent posteriors (given
@@ -455,6 +460,7 @@ class Trainer:
             "train_seconds": self.elapsed(),
             "total_steps": self.total_steps,
             "fit_point": self.fit_point,
+            "skipped_nonfinite": self.skipped_nonfinite,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -473,15 +479,16 @@ class Trainer:
         if "epoch_losses" in state:
             self.epoch_losses.load_state_dict(state["epoch_losses"])
         self.spent_before = float(state.get("train_seconds", 0.0))
+        self.skipped_nonfinite = int(state.get("skipped_nonfinite", 0))
         if self.cfg.time_budget and state.get("total_steps"):
             self.set_total_steps(int(state["total_steps"]))
             self.fit_point = state.get("fit_point")
 
     def resume(self) -> None:
         """Continue from the newest checkpoint in the run folder, if there is one."""
-        found = list_checkpoints(self.ckpt_dir)
+        found = load_latest_checkpoint(self.ckpt_dir, self.log)
         if found:
-            self.load_state_dict(load_checkpoint(found[-1][1]))
+            self.load_state_dict(found[1])
             self.log(f"resuming {self.out} from step {self.step}")
 
     def checkpoint(self) -> None:
@@ -645,13 +652,17 @@ class Trainer:
         x0 = x0.contiguous(memory_format=torch.channels_last) if x0.shape[1] > 1 else x0
         self.epoch_ended = self.batcher.epoch > epoch
         loss = self.loss(x0, labels, indices)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.cfg.grad_clip
+        norm = nn.utils.clip_grad_norm_(self.net.parameters(), clip) if clip > 0 else None
+        if self.nonfinite(loss, norm):
+            self.scheduler.step()
+            self.step += 1
+            return
         self.pending.append((self.step + 1, loss.detach()))
         if len(self.pending) >= self.sync_every:
             self.read_losses()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.ema.update(self.net)
@@ -689,6 +700,31 @@ class Trainer:
                 snr_gamma=cfg.snr_gamma,
                 cond=cond,
             )
+
+    def nonfinite(self, loss: Tensor, grad_norm: Tensor | None) -> bool:
+        """Whether this step's loss or gradients hold NaN/inf (one host sync): then stop with a
+        clear error before the update touches the weights or the EMA, or, with ``skip_nonfinite``,
+        count the step and log it, and the caller skips the update."""
+        if grad_norm is None:
+            grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+            grad_norm = nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        finite = torch.isfinite(loss.detach().float()) & torch.isfinite(grad_norm.float())
+        if bool(finite):
+            return False
+        value = loss.item()
+        what = f"loss became {value}" if not math.isfinite(value) else "the gradients became non-finite"
+        if not self.skip_nonfinite:
+            last = list_checkpoints(self.ckpt_dir)
+            where = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint was written"
+            raise TrainingError(
+                f"{what} at step {self.step + 1}; stopped before the update (weights and EMA are "
+                f"untouched); {where}. Lower --lr or check the data, then --resume, or pass "
+                "--skip-nonfinite to skip such steps"
+            )
+        self.skipped_nonfinite += 1
+        self.write_record({"step": self.step + 1, "skipped_nonfinite": self.skipped_nonfinite, "why": what})
+        self.log(f"step {self.step + 1}: {what}; skipped it ({self.skipped_nonfinite} so far)")
+        return True
 
     def read_losses(self) -> None:
         """Read the queued losses back from the device; stop with a clear error at NaN or inf."""
@@ -734,6 +770,8 @@ class Trainer:
     def write_log_record(self) -> None:
         """One ``log.jsonl`` record: the mean loss of the window, LR, speed, epochs, time."""
         self.read_losses()
+        if not self.window:  # every step of the window was skipped (skip_nonfinite)
+            return
         now = clock()
         ips = len(self.window) * self.cfg.batch_size / max(now - self.window_t, 1e-9)
         self.last_loss = self.window[-1]
@@ -829,36 +867,44 @@ def train(
     log: Log = print,
     max_seconds: float | None = None,
     on_step: OnStep | None = None,
+    skip_nonfinite: bool = False,
 ) -> TrainResult:
-    """Train ``config`` into the run folder ``out`` (see the README for its layout).
+    """Train ``config`` into the run folder ``out`` (see the README for its layout), holding its
+    lock (:mod:`difflab.train.lock`: a second writer is refused).
 
     ``max_seconds`` stops early (with a checkpoint) once that much training time has passed: for
     equal-time comparisons in benchmarks. ``on_step(step, seconds, ema_model)`` is called after
-    every optimizer step (e.g. to snapshot the EMA weights at fixed wall-clock times)."""
+    every optimizer step (e.g. to snapshot the EMA weights at fixed wall-clock times).
+    ``skip_nonfinite`` skips (and counts) steps whose loss or gradients are NaN/inf instead of
+    stopping there."""
     out = Path(out)
     device = resolve_device(config.device)
     cfg, data = prepare_data(config, log)
-    if resume:
-        check_same_autoencoder(cfg, out)
-    write_run_config(cfg, out, resume)
-    if cfg.latent:
-        keep_autoencoder(cfg, out)
-    return drive(Trainer(cfg, data, out, device, log), resume=resume, progress=progress,
-                 max_seconds=max_seconds, on_step=on_step)
+    with run_lock(out):
+        if resume:
+            check_same_autoencoder(cfg, out)
+        write_run_config(cfg, out, resume)
+        if cfg.latent:
+            keep_autoencoder(cfg, out)
+        trainer = Trainer(cfg, data, out, device, log)
+        trainer.skip_nonfinite = skip_nonfinite
+        return drive(trainer, resume=resume, progress=progress, max_seconds=max_seconds, on_step=on_step)
 
 
 def drive(trainer: Trainer, *, resume: bool, progress: bool, max_seconds: float | None,
           on_step: OnStep | None, note: str | None = None) -> TrainResult:
     """Resume ``trainer`` if asked, log ``note`` and the run's description, train it to the end
-    (or ``max_seconds``) and finish: the part every kind of training run shares."""
-    if resume:
-        trainer.resume()
-    if note is not None:
-        trainer.log(note)
-    trainer.describe()
-    try:
-        with trainer.outputs(progress):
-            trainer.run(max_seconds, on_step)
-    except CheckpointError as err:
-        raise TrainingError(str(err)) from err
-    return trainer.finish()
+    (or ``max_seconds``) and finish, holding the run folder's lock: the part every kind of
+    training run shares."""
+    with run_lock(trainer.out):
+        if resume:
+            trainer.resume()
+        if note is not None:
+            trainer.log(note)
+        trainer.describe()
+        try:
+            with trainer.outputs(progress):
+                trainer.run(max_seconds, on_step)
+        except CheckpointError as err:
+            raise TrainingError(str(err)) from err
+        return trainer.finish()

@@ -1,0 +1,68 @@
+"""One writer per run folder: an advisory ``fcntl.flock`` on ``RUN/.difflab.lock``.
+
+The kernel drops a ``flock`` when its holder exits, however it exits (SIGKILL included), so a
+crashed run never leaves a stale lock; the file itself stays and means nothing on its own. The
+lock is re-entrant within a process (``train`` takes it and the loop it drives takes it again).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from difflab.io import CheckpointError
+
+LOCK_NAME = ".difflab.lock"
+
+_held: dict[Path, tuple[int, int]] = {}  # resolved run folder -> (fd, depth), this process's locks
+
+
+class RunInUseError(CheckpointError):
+    """Another process is writing to the run folder."""
+
+
+@contextmanager
+def run_lock(folder: str | Path) -> Iterator[Path]:
+    """Hold the run folder's lock for the body (creating the folder); refuse with
+    :class:`RunInUseError` when another process holds it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key = folder.resolve()
+    if key in _held:
+        fd, depth = _held[key]
+        _held[key] = (fd, depth + 1)
+    else:
+        path = key / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise RunInUseError(
+                f"{folder} is in use by another difflab process{holder}; wait for it to finish (or stop "
+                "it), or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        _held[key] = (fd, 1)
+    try:
+        yield key / LOCK_NAME
+    finally:
+        fd, depth = _held[key]
+        if depth > 1:
+            _held[key] = (fd, depth - 1)
+        else:
+            del _held[key]
+            os.close(fd)  # releases the flock
+
+
+def _holder(fd: int) -> str:
+    """`` (pid N)`` from the lock file, when its holder wrote one."""
+    try:
+        text = os.pread(fd, 32, 0).decode().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return f" (pid {text})" if text.isdigit() else ""
