@@ -272,7 +272,12 @@ def write_run_config(cfg: Any, out: Path, resume: bool,
     if resume:
         if not cfg_path.is_file():
             raise TrainingError(f"--resume: {out} has no config.json; start it without --resume")
-        saved = type(cfg).from_dict(json.loads(cfg_path.read_text()))
+        try:
+            saved = type(cfg).from_dict(json.loads(cfg_path.read_text()))
+        except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as err:
+            why = " ".join(str(err).split())[:200]
+            raise TrainingError(f"--resume: {cfg_path} is not a {type(cfg).__name__} this difflab can read "
+                                f"({why}); restore it from a copy, or start a new --out") from None
         diff = saved.differences(cfg)
         if diff:
             raise TrainingError(
