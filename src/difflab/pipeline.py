@@ -43,6 +43,8 @@ class Pipeline:
 
     weights_path: Path | None = None  # the weights file it was loaded from (LoRA adapters check its sha256)
     adapters: tuple[tuple[Any, float], ...] = ()  # LoRA adapters merged in, with their scales
+    controlnet: Any = None  # a ControlNet on this network (difflab.nets.controlnet), or None
+    control_config: Any = None  # its control kind and settings (a ControlConfig), when known
 
     def __init__(self, net: nn.Module, config: TrainConfig, device: str | torch.device = "cpu",
                  latent: LatentSpace | None = None) -> None:
@@ -57,13 +59,16 @@ class Pipeline:
 
     @classmethod
     def load(cls, run: str | Path, device: str = "auto", weights: str | None = None, lora: Any = None,
-             lora_scale: Any = None) -> Pipeline:
+             lora_scale: Any = None, *, autoencoder: str | Path | None = None,
+             controlnet: Any = None) -> Pipeline:
         """Load ``run/config.json`` and its EMA weights: ``weights="best"`` (``best.safetensors``,
         the epoch with the lowest mean loss; the default for runs trained with ``keep_best``) or
         ``"last"`` (``model.safetensors``, the default otherwise). ``"diffusers:DIR"`` (or a folder
         holding ``model_index.json``) loads a local diffusers pipeline instead
         (:mod:`difflab.interop.load`). ``lora``: LoRA adapter folders merged in (see
-        :meth:`with_lora`)."""
+        :meth:`with_lora`). ``autoencoder``: a latent run's autoencoder, when it is no longer where
+        training found it (checked against the digest the run recorded). ``controlnet``: a
+        ControlNet folder trained on this run (see :meth:`with_controlnet`)."""
         from difflab.interop import diffusers_folder
         from difflab.nets import build_net
 
@@ -82,6 +87,9 @@ class Pipeline:
         if (run / "adapter.json").is_file() and not (run / WEIGHTS["last"]).is_file():
             raise CheckpointError(f"{run} is a LoRA adapter, not a run: load its base run with "
                                   f"lora={str(run)!r} (difflab sample BASE --lora {run})")
+        if (run / "controlnet.json").is_file() and not (run / WEIGHTS["last"]).is_file():
+            raise CheckpointError(f"{run} is a ControlNet, not a run: load its base run with "
+                                  f"controlnet={str(run)!r} (difflab sample BASE --controlnet {run})")
         if not cfg_path.is_file():
             raise CheckpointError(f"{run} has no config.json; point at a folder written by `difflab train`")
         try:
@@ -97,10 +105,13 @@ class Pipeline:
             raise CheckpointError(
                 f"{path} does not fit the network in config.json; were the files copied from different runs?"
             ) from err
-        latent = load_run_latent_space(config, run) if config.latent else None
+        if autoencoder is not None and not config.latent:
+            raise ValueError(f"{run} is not a latent run; it takes no autoencoder")
+        latent = load_run_latent_space(config, run, autoencoder) if config.latent else None
         pipe = cls(net, config, resolve_device(device), latent)
         pipe.weights_path = path
-        return pipe if lora is None else pipe.with_lora(lora, lora_scale)
+        pipe = pipe if lora is None else pipe.with_lora(lora, lora_scale)
+        return pipe if controlnet is None else pipe.with_controlnet(controlnet)
 
     @functools.cached_property
     def weights_sha256(self) -> str | None:
@@ -129,6 +140,54 @@ class Pipeline:
         if self.weights_path is not None:
             pipe.__dict__["weights_sha256"] = self.weights_sha256  # the base's: more adapters check it
         return pipe
+
+    def with_controlnet(self, controlnet: Any) -> Pipeline:
+        """A new pipeline with a ControlNet (a folder written by ``difflab train-controlnet``, or
+        its :class:`~difflab.nets.controlnet.ControlNetFiles`) on this pipeline's network; it must
+        have been trained on this pipeline's weights file (its sha256; merged LoRA adapters change
+        the network, so a ControlNet goes on the base run alone). Sample with ``control=``."""
+        from difflab.conditioning.control import ControlConfig
+        from difflab.nets.controlnet import ControlNetFiles, load_controlnet
+
+        files = controlnet if isinstance(controlnet, ControlNetFiles) else load_controlnet(controlnet)
+        if self.adapters:
+            raise ValueError("a ControlNet goes on the run it was trained on; merged LoRA adapters change "
+                             "that network (drop lora= or --lora)")
+        files.check_base(self.weights_sha256, None if self.weights_path is None else self.weights_path.parent)
+        return self.attach_controlnet(files.build(self.net), ControlConfig.from_dict(files.control))
+
+    def attach_controlnet(self, net: nn.Module, control: Any = None) -> Pipeline:
+        """A new pipeline with the ControlNet ``net`` (a module built on this network) and its
+        control settings; :meth:`with_controlnet` loads and checks a trained one."""
+        from difflab.nets.controlnet import check_base_net
+
+        check_base_net(self.net)
+        pipe = type(self)(self.net, self.config, self.device, self.latent)
+        pipe.weights_path, pipe.adapters = self.weights_path, self.adapters
+        if self.weights_path is not None:
+            pipe.__dict__["weights_sha256"] = self.weights_sha256
+        pipe.controlnet, pipe.control_config = net.to(self.device).eval(), control
+        return pipe
+
+    def check_control(self, control: Any, n: int) -> Tensor:
+        """``control`` as float [n, C, H, W] control images in [0, 1] of this run's size (one per
+        image; a single one is repeated), or a one-line error."""
+        if self.controlnet is None:
+            raise ValueError("control images need a ControlNet: load one with controlnet= "
+                             "(difflab sample RUN --controlnet DIR)")
+        c = int(self.controlnet.hint_config.control_channels)
+        x = torch.as_tensor(control).float()
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim == 4 and x.shape[0] == 1 and n > 1:
+            x = x.expand(n, *x.shape[1:])
+        _, h, w = self.image_shape
+        if tuple(x.shape) != (n, c, h, w):
+            raise ValueError(f"the control images have shape {tuple(x.shape)}; this ControlNet needs "
+                             f"{(n, c, h, w)} (one {w}x{h} control image per sample, or one for all)")
+        if not bool(torch.isfinite(x).all()) or x.min() < 0 or x.max() > 1:
+            raise ValueError("control images must lie in [0, 1] (white = on)")
+        return x
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -187,6 +246,8 @@ class Pipeline:
         noise: Tensor | None = None,
         first_step: int = 0,
         lowres: Tensor | None = None,
+        control: Tensor | None = None,
+        control_scale: float = 1.0,
         **options: Any,
     ) -> Tensor:
         """``n`` images in [-1, 1] on the CPU. Image i comes from seed ``seed + i`` (or
@@ -221,7 +282,11 @@ class Pipeline:
         ``lowres`` ([n, C, H/f, W/f] in [-1, 1]) are the images a super-resolution run
         (``--cond lowres``) upscales by its factor f, one per sample (:func:`difflab.edit.upscale`);
         ``guidance`` above 1 pushes away from the null (all-zero) condition if the run was trained
-        with ``cond_drop``."""
+        with ``cond_drop``.
+
+        ``control`` ([n, 1, H, W] in [0, 1], or one [1, H, W] for all) are the control images of a
+        pipeline with a ControlNet (:meth:`with_controlnet`), applied at ``control_scale`` (0 is
+        the base model, exactly); they combine with every sampler, condition and guidance."""
         if n < 1:
             raise ValueError(f"n must be a positive number of images, got {n}")
         if self.config.objective == "corrupt":
@@ -247,6 +312,11 @@ class Pipeline:
         labels = self._labels(n, class_labels, classifier)
         small = self._lowres(n, lowres)
         guide = self._guidance(guidance)
+        if control is not None or self.controlnet is not None:
+            if control is None:
+                raise ValueError("this pipeline has a ControlNet: give control images (control=..., "
+                                 "--control-image or --control-from)")
+            control = self.check_control(control, n)
         if seeds is not None and len(seeds) != n:
             raise ValueError(f"give one seed per image: {n} images, {len(seeds)} seeds")
         all_seeds = list(seeds) if seeds is not None else [seed + i for i in range(n)]
@@ -264,7 +334,9 @@ class Pipeline:
             batch_labels = None if labels is None else labels[idx.start : idx.stop]
             model, cond = self._conditioned(batch_labels if self.num_classes else None, guide,
                                             None if texts is None else texts[idx.start : idx.stop],
-                                            None if small is None else small[idx.start : idx.stop])
+                                            None if small is None else small[idx.start : idx.stop],
+                                            None if control is None else self._controlled(
+                                                control[idx.start : idx.stop], control_scale))
             if classifier is not None:
                 model = classifier.guide(model, batch_labels, classifier_scale, schedule=self.schedule,
                                          prediction=self.config.prediction, sampler=sampler, steps=steps,
@@ -418,29 +490,37 @@ class Pipeline:
         neg = as_prompts("" if negatives is None else negatives, n, "negative prompts")
         return list(zip(pos, neg, strict=True))
 
+    def _controlled(self, control: Tensor, scale: float) -> nn.Module:
+        """The network with the ControlNet and one batch's control images bound to it."""
+        from difflab.nets.controlnet import ControlledUNet
+
+        return ControlledUNet(self.net, self.controlnet, control.to(self.device), scale)
+
     def _conditioned(self, labels: Tensor | None, guide: Guidance, texts: list[tuple[str, str]] | None = None,
-                     small: Tensor | None = None) -> tuple[Any, dict[str, Any] | None]:
-        """The model to sample (the network, or the network under classifier-free guidance) and the
-        conditioning of one batch."""
+                     small: Tensor | None = None, net: nn.Module | None = None
+                     ) -> tuple[Any, dict[str, Any] | None]:
+        """The model to sample (the network, or ``net`` (the network with a ControlNet), or either
+        under classifier-free guidance) and the conditioning of one batch."""
+        net = self.net if net is None else net
         if small is not None:
             lowres = self.lowres_condition
             cond = lowres.cond(small, self.device)
             if guide.scale == 1:
-                return self.net, cond
-            return CFGModel(self.net, guide, lowres.null(len(small), self.device), self.schedule), cond
+                return net, cond
+            return CFGModel(net, guide, lowres.null(len(small), self.device), self.schedule), cond
         if texts is not None:
             text = self.text_condition
             prompts, negatives = zip(*texts, strict=True)
             cond = text.cond(prompts, self.device)
             if not any(prompts) and not any(negatives):  # unconditional: nothing to guide
-                return self.net, cond
-            return CFGModel(self.net, guide, text.negative(negatives, self.device), self.schedule), cond
+                return net, cond
+            return CFGModel(net, guide, text.negative(negatives, self.device), self.schedule), cond
         if labels is None:
-            return self.net, None
+            return net, None
         classes = ClassCondition(self.num_classes)
         cond = classes.cond(labels, self.device)
         uncond = classes.null(len(labels), self.device)
-        return CFGModel(self.net, guide, uncond, self.schedule), cond
+        return CFGModel(net, guide, uncond, self.schedule), cond
 
     def _sample_mixing(self, n: int, sampler: str | None, steps: int | None, seed: int, batch_size: int,
                        callback: StepCallback | None) -> Tensor:
@@ -472,16 +552,27 @@ class Pipeline:
         return [Image.fromarray(a.squeeze(-1) if a.shape[-1] == 1 else a) for a in arrays]
 
 
-def load_run_latent_space(config: TrainConfig, run: Path | None) -> LatentSpace:
-    """A latent run's autoencoder: ``run/autoencoder.safetensors`` (the copy training keeps with
-    the run) or else ``config.latent``, refused unless its weights are the ones the run was trained
-    with (both digests named)."""
+def load_run_latent_space(config: TrainConfig, run: Path | None, autoencoder: str | Path | None = None
+                          ) -> LatentSpace:
+    """A latent run's autoencoder: ``autoencoder`` when given (a diffusers folder that moved since
+    training), else ``run/autoencoder.safetensors`` (the copy training keeps with the run), else
+    ``config.latent``; refused unless its weights are the ones the run was trained with (both
+    digests named)."""
     from difflab.latent import load_latent_space
 
     assert config.latent is not None
     copy = None if run is None else run / RUN_COPY
-    source = copy if copy is not None and copy.is_file() else config.latent
-    space = load_latent_space(source)
+    if autoencoder is not None:
+        source: str | Path = autoencoder
+    else:
+        source = copy if copy is not None and copy.is_file() else config.latent
+    try:
+        space = load_latent_space(source)
+    except (CheckpointError, OSError) as err:
+        if autoencoder is not None:
+            raise
+        raise CheckpointError(f"{err}. If the run's autoencoder has moved, give its new place: "
+                              "--autoencoder PATH (difflab.load(run, autoencoder=PATH))") from err
     if config.latent_digest and space.digest != config.latent_digest:
         raise CheckpointError(f"the autoencoder {source} is {space.digest}, but the run was trained with "
                               f"{config.latent_digest}; give it the autoencoder it was trained with")
@@ -489,10 +580,13 @@ def load_run_latent_space(config: TrainConfig, run: Path | None) -> LatentSpace:
 
 
 def load(run: str | Path, device: str = "auto", weights: str | None = None, lora: Any = None,
-         lora_scale: Any = None) -> Pipeline:
+         lora_scale: Any = None, autoencoder: str | Path | None = None, controlnet: Any = None) -> Pipeline:
     """Load a trained run folder as a :class:`Pipeline` (``weights``: ``"last"`` or ``"best"``),
-    with LoRA adapter folders ``lora`` merged in at ``lora_scale`` (:meth:`Pipeline.with_lora`)."""
-    return Pipeline.load(run, device, weights, lora, lora_scale)
+    with LoRA adapter folders ``lora`` merged in at ``lora_scale`` (:meth:`Pipeline.with_lora`);
+    ``autoencoder``: where a latent run's autoencoder is now, when it moved since training;
+    ``controlnet``: a ControlNet folder trained on this run (:meth:`Pipeline.with_controlnet`)."""
+    return Pipeline.load(run, device, weights, lora, lora_scale, autoencoder=autoencoder,
+                         controlnet=controlnet)
 
 
 def prompt_rows(prompts: Sequence[str], per_prompt: int, seed: int = 0) -> dict[str, Any]:

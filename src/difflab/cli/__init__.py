@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import sys
 
-from difflab.cli import classifier, demo, edit, eval, export, finetune, sample, show, train, vae
+from difflab.cli import (
+    classifier,
+    controlnet,
+    demo,
+    edit,
+    eval,
+    export,
+    finetune,
+    sample,
+    serve,
+    show,
+    train,
+    vae,
+)
 from difflab.cli.args import Parser
 
-GROUPS = (train, classifier, vae, finetune, sample, show, demo, eval, edit, export)
+GROUPS = (train, classifier, vae, finetune, controlnet, sample, show, demo, eval, edit, export, serve)
 
 
 def build_parser() -> Parser:
@@ -29,6 +42,17 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return errors
 
 
+USAGE, RUNTIME = 2, 1  # exit statuses: the flags are wrong / the files, data or run are
+
+
+def exit_status(err: BaseException) -> int:
+    """2 for a bad value or combination of flags (``ValueError``, as argparse's own errors), 1 for
+    what went wrong with the files, data, disk or training (every other user error)."""
+    from difflab.data import DataError
+
+    return USAGE if isinstance(err, ValueError) and not isinstance(err, DataError) else RUNTIME
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -36,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         if not isinstance(err, user_errors()):
             raise
-        print(f"difflab: error: {err}", file=sys.stderr)
-        return 2
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"difflab: error: {message}", file=sys.stderr)
+        return exit_status(err)
     except KeyboardInterrupt:
         print("difflab: interrupted; the last checkpoint is intact (continue with --resume)", file=sys.stderr)
         return 130

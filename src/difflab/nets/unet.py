@@ -31,7 +31,7 @@ feature-map sizes of that padded input, so they need ``image_size``; a network b
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -204,35 +204,65 @@ class UNet(nn.Module):
         class_labels: Tensor | None = None,
         context: Tensor | None = None,
         concat: Tensor | None = None,
+        skip_residuals: Sequence[Tensor] | None = None,
+        mid_residual: Tensor | None = None,
     ) -> Tensor:
-        c = self.config
-        check_image("UNet", x, c.in_channels, c.image_size)
-        b, h, w = x.shape[0], x.shape[-2], x.shape[-1]
-        check_conditioning("UNet", class_labels, context, c.num_classes, c.context_dim, b)
-        check_concat("UNet", concat, c.concat_channels, x)
-        if c.concat_channels:  # None is the null condition, an all-zero image (as for class labels)
-            x = torch.cat([x, x.new_zeros(b, c.concat_channels, h, w) if concat is None
-                           else concat.to(x.dtype)], dim=1)
-        t = check_timesteps("UNet", t, b, x.device)
-        emb = self.time_embed(timestep_embedding(t, c.base_channels).to(x.dtype))
-        if self.class_embed is not None:
-            if class_labels is None:
-                class_labels = torch.full((b,), c.num_classes, dtype=torch.long, device=x.device)
-            emb = emb + self.class_embed(class_labels)
-        emb = F.silu(emb)
-        ctx = None if context is None else CrossInputs.prepare(context.to(x.dtype))
-
-        pad_h, pad_w = -h % c.multiple, -w % c.multiple
-        if pad_h or pad_w:
-            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        """``skip_residuals`` (one per skip connection: ``conv_in`` and every module of the down
+        path) and ``mid_residual`` are added to the skips and to the middle block's output, as a
+        ControlNet's outputs are (Zhang et al. 2023, eq. 4; :mod:`difflab.nets.controlnet`); None
+        leaves the network as it is."""
+        h, w = x.shape[-2], x.shape[-1]
+        x, emb, ctx = encoder_inputs(self, x, t, class_labels, context, concat)
         hs = [self.conv_in(x)]
         for layer in self.down:
             hs.append(_run(layer, hs[-1], emb, ctx))
         out = _run(self.mid, hs[-1], emb, ctx)
+        if skip_residuals is not None:
+            if len(skip_residuals) != len(hs):
+                raise ValueError(f"UNet has {len(hs)} skip connections, got {len(skip_residuals)} residuals")
+            hs = [s + r for s, r in zip(hs, skip_residuals, strict=True)]
+        if mid_residual is not None:
+            out = out + mid_residual
         for layer in self.up:
             out = _run(layer, torch.cat([out, hs.pop()], dim=1), emb, ctx)
         return self.out(out)[..., :h, :w]
+
+
+def encoder_inputs(net: nn.Module, x: Tensor, t: Tensor, class_labels: Tensor | None, context: Tensor | None,
+                   concat: Tensor | None) -> tuple[Tensor, Tensor, CrossInputs | None]:
+    """The checked and padded input (with ``concat`` joined on), the embedding of t (and the class)
+    and the cross-attention inputs: what the encoder half of ``net`` (a :class:`UNet`, or a
+    ControlNet's copy of its encoder, with the same ``config``, ``time_embed`` and
+    ``class_embed``) starts from."""
+    c: UNetConfig = net.config
+    name = type(net).__name__
+    check_image(name, x, c.in_channels, c.image_size)
+    b, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+    check_conditioning(name, class_labels, context, c.num_classes, c.context_dim, b)
+    check_concat(name, concat, c.concat_channels, x)
+    if c.concat_channels:  # None is the null condition, an all-zero image (as for class labels)
+        x = torch.cat([x, x.new_zeros(b, c.concat_channels, h, w) if concat is None
+                       else concat.to(x.dtype)], dim=1)
+    t = check_timesteps(name, t, b, x.device)
+    emb = net.time_embed(timestep_embedding(t, c.base_channels).to(x.dtype))
+    if net.class_embed is not None:
+        if class_labels is None:
+            class_labels = torch.full((b,), c.num_classes, dtype=torch.long, device=x.device)
+        emb = emb + net.class_embed(class_labels)
+    emb = F.silu(emb)
+    ctx = None if context is None else CrossInputs.prepare(context.to(x.dtype))
+    return pad_to_multiple(x, c.multiple), emb, ctx
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Pad the bottom and right of ``x`` up to a multiple of ``multiple`` (reflect, or replicate
+    where the image is too small to reflect)."""
+    h, w = x.shape[-2], x.shape[-1]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    if pad_h or pad_w:
+        mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+    return x
 
 
 def _run(layer: nn.ModuleList, h: Tensor, emb: Tensor, ctx: CrossInputs | None) -> Tensor:
