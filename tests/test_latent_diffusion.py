@@ -4,6 +4,7 @@ and decoding, and the autoencoder a run refuses to trade."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -230,7 +231,8 @@ def test_latent_space_moves_with_the_pipeline(run):
 # ---- a diffusers AutoencoderKL as the autoencoder, and the command line ----------------------------
 def cli(*args):
     return subprocess.run([sys.executable, "-m", "difflab.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+                          text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+                                                           "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
 
 
 def test_cli_trains_samples_and_evaluates_a_diffusers_latent_run(tmp_path, diffusers):
@@ -252,6 +254,22 @@ def test_cli_trains_samples_and_evaluates_a_diffusers_latent_run(tmp_path, diffu
     from PIL import Image
 
     assert Image.open(tmp_path / "s.png").size[0] > 8
+
+    # the autoencoder folder moves: a one-line error says how to point at it; --autoencoder does
+    (tmp_path / "vae").rename(tmp_path / "moved")
+    done = cli("sample", out, "--n", "2", "--steps", "2", "--out", tmp_path / "m.png", "--device", "cpu")
+    assert done.returncode != 0 and "--autoencoder" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    done = cli("sample", out, "--n", "2", "--steps", "2", "--out", tmp_path / "m.png", "--device", "cpu",
+               "--autoencoder", f"diffusers:{tmp_path / 'moved'}")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "m.png").is_file()
+    torch.manual_seed(1)  # same architecture, other weights: refused by digest, both named
+    diffusers.AutoencoderKL(**vae.config).save_pretrained(tmp_path / "other")
+    done = cli("sample", out, "--n", "2", "--steps", "2", "--out", tmp_path / "o.png", "--device", "cpu",
+               "--autoencoder", f"diffusers:{tmp_path / 'other'}")
+    assert done.returncode != 0 and "trained with" in done.stderr and not (tmp_path / "o.png").exists()
+
     done = cli("train", "--latent", tmp_path / "missing", "--data", "digits", "--out", tmp_path / "r2",
                "--steps", "1", "--no-progress")
     assert done.returncode != 0 and "--latent" in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -70,4 +70,7 @@ def int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+AUTOENCODER_HELP = ("latent runs: where the run's autoencoder is now, if it moved since training "
+                    "(diffusers:DIR or a train-vae run; checked against the run's digest)")
+
 RUN_HELP = "run folder written by `difflab train`, or diffusers:DIR (a local diffusers pipeline folder)"

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from difflab.cli.args import RUN_HELP, non_negative_float, positive_int, with_default
+from difflab.cli.args import AUTOENCODER_HELP, RUN_HELP, non_negative_float, positive_int, with_default
 from difflab.cli.noise_file import read_noise, settings_path
 
 
@@ -34,12 +34,13 @@ def _common(p: argparse.ArgumentParser, guidance_default: str) -> None:
     p.add_argument("--seed", type=int, default=0, help=with_default("variation i uses seed + i", 0))
     p.add_argument("--weights", choices=("last", "best"), help="the run's last or best weights")
     p.add_argument("--device", default="auto", help=with_default("auto | cpu | cuda | cuda:N", "auto"))
+    p.add_argument("--autoencoder", help=AUTOENCODER_HELP)
 
 
 def _load(args: argparse.Namespace) -> Any:
     from difflab.pipeline import load
 
-    return load(args.run, args.device, args.weights)
+    return load(args.run, args.device, args.weights, autoencoder=args.autoencoder)
 
 
 def _condition(pipe: Any, args: argparse.Namespace, n: int, default_guidance: float | None) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from difflab.cli.args import RUN_HELP, positive_int
+from difflab.cli.args import AUTOENCODER_HELP, RUN_HELP, positive_int
 from difflab.eval.features import FEATURES
 
 
@@ -51,7 +51,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         features=args.features, bpd_n=args.bpd_n, bpd_timesteps=args.bpd_timesteps,
         inception_weights=args.inception_weights, allow_download=args.download, cache=not args.no_cache,
         progress=not args.no_progress, log=note, prompt_file=args.prompt_file, guidance=args.guidance,
-        clip_weights=args.clip_weights,
+        clip_weights=args.clip_weights, autoencoder=args.autoencoder,
     )
     print(report.table())
     if args.json:
@@ -94,6 +94,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-weights", type=Path,
                    help="clip-score: a local CLIP model folder (CLIPModel.save_pretrained with its "
                    "tokenizer, e.g. openai/clip-vit-base-patch32); nothing is downloaded")
+    p.add_argument("--autoencoder", help=AUTOENCODER_HELP)
     p.add_argument("--no-progress", action="store_true")
     add_extractor_args(p)
     p.set_defaults(func=cmd_eval)

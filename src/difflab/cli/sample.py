@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from difflab.cli.args import RUN_HELP, non_negative_float, positive_int, with_default
+from difflab.cli.args import AUTOENCODER_HELP, RUN_HELP, non_negative_float, positive_int, with_default
 
 
 def _run_default(what: str, field: str) -> str:
@@ -78,6 +78,7 @@ def add_sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance-sequential", action="store_true",
                    help="run the two guidance branches one after the other (less memory; default: batched)")
     p.add_argument("--device", default="auto", help=with_default("auto | cpu | cuda | cuda:N", "auto"))
+    p.add_argument("--autoencoder", help=AUTOENCODER_HELP)
 
 
 def sample_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -160,12 +161,16 @@ def prompt_kwargs(pipe: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from difflab.cli.classifier import guidance_kwargs
+    from difflab.cli.controlnet import check_control_flags, control_kwargs
     from difflab.cli.finetune import lora_args
     from difflab.pipeline import load, write_samples
 
     kwargs = sample_kwargs(args)  # flags are checked before the run is loaded
     loras, scales = lora_args(args)
-    pipe = load(args.run, args.device, args.weights, lora=loras, lora_scale=scales)
+    check_control_flags(args)
+    pipe = load(args.run, args.device, args.weights, lora=loras, lora_scale=scales,
+                autoencoder=args.autoencoder, controlnet=args.controlnet)
+    kwargs.update(control_kwargs(pipe, args))  # --control-image / --control-from with --controlnet
     kwargs.update(prompt_kwargs(pipe, args))  # --prompt, --prompt-file on a text-conditional run
     kwargs.update(guidance_kwargs(pipe, args))  # --classifier (on an unconditional run: with the labels)
     if "class_labels" not in kwargs:
@@ -185,6 +190,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from difflab.cli.classifier import add_guidance_args
+    from difflab.cli.controlnet import add_control_args
     from difflab.cli.finetune import add_lora_args
 
     p = sub.add_parser("sample", help="sample images from a trained run")
@@ -192,6 +198,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_sample_args(p)
     add_guidance_args(p)
     add_lora_args(p)
+    add_control_args(p)
     p.add_argument("--out", type=Path, default=Path("samples.png"),
                    help=with_default("grid image", "samples.png"))
     p.add_argument("--gif", type=Path, help="also write a denoising GIF")

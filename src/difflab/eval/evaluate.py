@@ -129,6 +129,7 @@ def evaluate(
     prompt_file: str | Path | None = None,
     guidance: float | None = None,
     clip_weights: str | Path | None = None,
+    autoencoder: str | Path | None = None,
 ) -> EvalReport:
     """Generate ``n`` samples of ``run`` (seeds ``seed..seed+n-1``; class-conditional runs cycle
     through the classes) and compute ``metrics`` against the run's training data (or ``data``, a
@@ -138,13 +139,14 @@ def evaluate(
     images for the held-out prompts (or ``prompt_file``) at ``guidance`` (the run's scale unless
     given), see :mod:`difflab.eval.prompts`. ``clip-score`` (text runs) samples ``n`` images for the
     same prompts and scores each against its prompt with the CLIP model in the folder
-    ``clip_weights``, see :mod:`difflab.eval.clip_score`."""
+    ``clip_weights``, see :mod:`difflab.eval.clip_score`. ``autoencoder``: a latent run's
+    autoencoder when it moved since training (:func:`difflab.load`)."""
     from tqdm.auto import tqdm
 
     from difflab.data import load_dataset, parse_data_spec
     from difflab.pipeline import load
 
-    pipe = load(run, device)
+    pipe = load(run, device, autoencoder=autoencoder)
     cfg = pipe.config
     data_cfg = parse_data_spec(data, image_size=cfg.data.image_size, channels=cfg.data.channels) if data \
         else cfg.data

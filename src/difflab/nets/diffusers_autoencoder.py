@@ -1,4 +1,4 @@
-"""diffusers' ``AutoencoderKL`` behind difflab's autoencoder contract (``--vae diffusers:DIR``).
+"""diffusers' ``AutoencoderKL`` behind difflab's autoencoder contract (``--latent diffusers:DIR``).
 
 :class:`DiffusersAutoencoder` wraps a loaded ``diffusers.AutoencoderKL`` (``.inner``): ``encode``
 returns the same N(mean, exp(logvar)) diffusers' ``encode(x).latent_dist`` holds (its
@@ -27,7 +27,7 @@ def _import_autoencoder_kl() -> Any:
         from diffusers import AutoencoderKL
     except ImportError as err:
         raise ImportError(
-            f"--vae diffusers:DIR needs the diffusers package: pip install diffusers ({err})"
+            f"diffusers:DIR needs the diffusers package: pip install diffusers ({err})"
         ) from err
     return AutoencoderKL
 
@@ -58,14 +58,14 @@ class DiffusersAutoencoder(nn.Module):
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             raise CheckpointError(
-                f"--vae diffusers:{folder}: no config.json there; give a folder written by "
+                f"diffusers:{folder}: no config.json there; give a folder written by "
                 "diffusers' AutoencoderKL.save_pretrained"
             )
         try:
             inner = _import_autoencoder_kl().from_pretrained(str(folder), local_files_only=True)
         except (OSError, ValueError, RuntimeError) as err:
             raise CheckpointError(
-                f"--vae diffusers:{folder} could not be loaded as an AutoencoderKL: {err}"
+                f"diffusers:{folder} could not be loaded as an AutoencoderKL: {err}"
             ) from err
         return cls(inner.eval(), f"diffusers:{folder}")
 
