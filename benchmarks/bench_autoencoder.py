@@ -98,7 +98,7 @@ def run_row(name: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]
         factor=factor,
         steps=args.steps,
         eval_n=args.eval_n,
-        checkpoint_every=args.steps,
+        checkpoint_every=min(args.steps, 250),
         log_every=50,
         **extra,
     )
