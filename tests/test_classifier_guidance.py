@@ -419,7 +419,7 @@ def test_the_classifier_trains_on_noised_images_at_uniform_timesteps(tmp_path, m
 
 
 def test_train_classifier_refuses_unlabelled_data_and_an_existing_run(clf_run, tmp_path, capsys):
-    assert main(["train-classifier", "--out", str(clf_run), "--data", "digits", "--steps", "1"]) == 2
+    assert main(["train-classifier", "--out", str(clf_run), "--data", "digits", "--steps", "1"]) == 1
     assert "already holds a run" in capsys.readouterr().err
     (tmp_path / "imgs").mkdir()
     from PIL import Image
@@ -427,7 +427,7 @@ def test_train_classifier_refuses_unlabelled_data_and_an_existing_run(clf_run, t
     for i in range(3):
         Image.new("L", (8, 8), i * 50).save(tmp_path / "imgs" / f"{i}.png")
     assert main(["train-classifier", "--out", str(tmp_path / "c"), "--data", f"folder:{tmp_path / 'imgs'}",
-                 "--steps", "1"]) == 2
+                 "--steps", "1"]) == 1
     assert "labelled data" in capsys.readouterr().err
 
 
@@ -550,6 +550,7 @@ def test_sample_command_errors_are_one_line(uncond_run, clf_run, tmp_path, capsy
     paths = {"CLF": str(clf_run), "RUN": str(uncond_run), "T50": str(tmp_path / "c50")}
     args = [paths.get(a, a) for a in extra]
     out = str(tmp_path / "x.png")
-    assert main(["sample", str(uncond_run), *args, "--n", "2", "--steps", "2", "--out", out]) == 2
+    status = 1 if message == "is not a classifier run" else 2  # a file of the wrong kind; else flags
+    assert main(["sample", str(uncond_run), *args, "--n", "2", "--steps", "2", "--out", out]) == status
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1, err

@@ -71,8 +71,13 @@ def _to_8bit(im: Image.Image) -> tuple[np.ndarray, bool]:
 
 def decode_image(path: str | Path, image_size: int | None = None) -> tuple[np.ndarray, bool]:
     """Read one image file fully -> (uint8 H x W or H x W x 3, is_grey). Raises whatever Pillow
-    raises for unreadable or truncated files."""
+    raises for unreadable or truncated files, and :class:`DataError` for one larger than Pillow's
+    ``MAX_IMAGE_PIXELS`` (a decompression bomb: Pillow itself only warns below twice that)."""
     with Image.open(path) as im:
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and im.width * im.height > limit:
+            raise DataError(f"{im.width}x{im.height} pixels, more than the {limit:,} allowed "
+                            "(a decompression bomb?)")
         im.load()
         pixels, grey = _to_8bit(im)
     if image_size is not None and pixels.shape[:2] != (image_size, image_size):

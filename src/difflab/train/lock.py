@@ -3,6 +3,7 @@
 The kernel drops a ``flock`` when its holder exits, however it exits (SIGKILL included), so a
 crashed run never leaves a stale lock; the file itself stays and means nothing on its own. The
 lock is re-entrant within a process (``train`` takes it and the loop it drives takes it again).
+Taking it removes the temporary files killed writers left in the folder and its subfolders.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from difflab.io import CheckpointError
+from difflab.io import CheckpointError, remove_stale_temps
 
 LOCK_NAME = ".difflab.lock"
 
@@ -48,6 +49,8 @@ def run_lock(folder: str | Path) -> Iterator[Path]:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         _held[key] = (fd, 1)
+        for sub in (key, *(p for p in key.iterdir() if p.is_dir())):
+            remove_stale_temps(sub)  # no writer lives: these are the half-written files of dead ones
     try:
         yield key / LOCK_NAME
     finally:
