@@ -5,15 +5,17 @@ package once, so no part of a request path ever names a file."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import FastAPI, File, Form, HTTPException, Path, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, format_sse_event
 
 from difflab.serve import explore, limits, tasks
 from difflab.serve.card import model_card
@@ -34,6 +36,7 @@ log = logging.getLogger("difflab.serve")
 PAGE = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
         "style.css": "text/css; charset=utf-8"}
 POLL_S = 0.05  # how often an event stream looks at its job
+PING_S = 15.0  # a keep-alive comment after this long without an event
 MAX_BODY = 2 * limits.MAX_UPLOAD_BYTES + 65536  # an edit's request: an image, a mask and the fields
 
 # parameter types of the routes (module level: FastAPI resolves the annotations by name)
@@ -62,11 +65,69 @@ def _message(errors: list[Any]) -> str:
     return "; ".join(parts)
 
 
+class BodyLimit:
+    """Refuse a request whose Content-Length is over ``limit`` with a 413 before its body is read
+    (plain ASGI: streaming responses and disconnects pass through untouched)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            size = dict(scope.get("headers") or ()).get(b"content-length", b"0")
+            if not size.isdigit() or int(size) > self.limit:
+                response = JSONResponse({"detail": f"the request body is larger than {self.limit} bytes"},
+                                        status_code=413)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def sse(event: str, data: dict[str, Any]) -> bytes:
+    return format_sse_event(data_str=json.dumps(data), event=event)
+
+
+async def job_events(job: Job, request: Request) -> AsyncIterator[bytes]:
+    """A job's events until it ends: ``progress`` on every change (with the newest predicted-x0
+    preview when there is one), then ``done``, ``cancelled`` or ``failed`` with its status. A
+    client that leaves cancels the job, so no worker computes for nobody."""
+    version, preview, polls, quiet = -1, None, 0, 0.0
+    try:
+        while True:
+            if job.version != version:
+                version, quiet = job.version, 0.0
+                data: dict[str, Any] = {"state": job.state, "step": job.step, "total": job.total}
+                if job.preview is not None and job.preview is not preview:
+                    preview = job.preview
+                    data["preview"] = data_url(preview)
+                yield sse("progress", data)
+                if job.final:
+                    yield sse(job.state, job.status())
+                    return
+            polls += 1
+            if polls % 5 == 0 and await request.is_disconnected():
+                return
+            quiet += POLL_S
+            if quiet >= PING_S:  # a comment line keeps proxies from closing a quiet stream
+                quiet = 0.0
+                yield KEEPALIVE_COMMENT
+            await asyncio.sleep(POLL_S)
+    finally:
+        if not job.final:
+            job.cancel()
+
+
 def create_app(models: list[ServedModel], queue_size: int = limits.QUEUE_SIZE) -> FastAPI:
     """The app serving ``models`` (one worker thread each, at most ``queue_size`` jobs waiting)."""
     board = JobBoard([m.name for m in models], queue_size)
     page = {name: (resources.files("difflab.serve") / "static" / name).read_bytes() for name in PAGE}
-    app = FastAPI(title="difflab", version="1", docs_url="/docs", redoc_url=None,
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        board.close()  # cancel what runs, stop the workers
+
+    app = FastAPI(title="difflab", version="1", docs_url="/docs", redoc_url=None, lifespan=lifespan,
                   description="Sample, guide, edit and explore trained difflab runs.")
     app.state.board, app.state.models = board, models
 
@@ -96,17 +157,7 @@ def create_app(models: list[ServedModel], queue_size: int = limits.QUEUE_SIZE) -
         return JSONResponse({"detail": f"internal error ({type(err).__name__}); see the server log"},
                             status_code=500)
 
-    @app.middleware("http")
-    async def _body_limit(request: Request, call_next: Any) -> Response:
-        size = request.headers.get("content-length")
-        if size is not None and (not size.isdigit() or int(size) > MAX_BODY):
-            return JSONResponse({"detail": f"the request body is larger than {MAX_BODY} bytes"},
-                                status_code=413)
-        return await call_next(request)
-
-    @app.on_event("shutdown")
-    def _stop() -> None:
-        board.close()
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
 
     # ---- the page ------------------------------------------------------------------------------
     def static(name: str) -> Response:
@@ -181,31 +232,12 @@ def create_app(models: list[ServedModel], queue_size: int = limits.QUEUE_SIZE) -
         job.cancel()
         return job.status()
 
-    @app.get("/api/jobs/{job_id}/events", response_class=EventSourceResponse,
+    @app.get("/api/jobs/{job_id}/events", response_class=Response,
+             responses={200: {"content": {"text/event-stream": {}}}},
              summary="Server-sent events: `progress` (with predicted-x0 previews), then the final state")
-    async def events(job_id: JobId, request: Request
-                     ) -> AsyncIterator[ServerSentEvent]:
-        job = board.get(job_id)
-        version, preview, polls = -1, None, 0
-        try:
-            while True:
-                if job.version != version:
-                    version = job.version
-                    data: dict[str, Any] = {"state": job.state, "step": job.step, "total": job.total}
-                    if job.preview is not None and job.preview is not preview:
-                        preview = job.preview
-                        data["preview"] = data_url(preview)
-                    yield ServerSentEvent(data=data, event="progress")
-                    if job.final:
-                        yield ServerSentEvent(data=job.status(), event=job.state)
-                        return
-                polls += 1
-                if polls % 5 == 0 and await request.is_disconnected():
-                    return
-                await asyncio.sleep(POLL_S)
-        finally:
-            if not job.final:  # the client left: free the worker
-                job.cancel()
+    async def events(job_id: JobId, request: Request) -> EventSourceResponse:
+        job = board.get(job_id)  # before the stream starts: an unknown id is a plain 404
+        return EventSourceResponse(job_events(job, request), headers={"Cache-Control": "no-cache"})
 
     @app.get("/api/jobs/{job_id}/images/{k}.png", response_class=Response,
              responses={200: {"content": {"image/png": {}}}},

@@ -89,14 +89,17 @@ def open_upload(data: bytes, what: str) -> Image.Image:
         raise TooLarge(f"the {what} is {len(data)} bytes; the limit is {limits.MAX_UPLOAD_BYTES} bytes")
     if not data:
         raise UploadError(f"the {what} is empty; upload a PNG, JPEG, WebP or BMP file")
+    bomb = TooLarge(f"the {what} has more than {limits.MAX_UPLOAD_PIXELS} pixels, the limit (a small file "
+                    "that decodes to a huge image is refused unread)")
     try:
-        im = Image.open(io.BytesIO(data), formats=limits.UPLOAD_FORMATS)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        im = Image.open(io.BytesIO(data), formats=limits.UPLOAD_FORMATS)  # reads the header only
+    except Image.DecompressionBombError:  # Pillow's own check, far above ours
+        raise bomb from None
+    except (OSError, SyntaxError, ValueError):
         raise UploadError(f"the {what} is not a PNG, JPEG, WebP or BMP image") from None
     w, h = im.size
     if w * h > limits.MAX_UPLOAD_PIXELS:
-        raise TooLarge(f"the {what} is {w}x{h} pixels; the limit is {limits.MAX_UPLOAD_PIXELS} pixels "
-                       "(a small file that decodes to a huge image is refused)")
+        raise bomb
     try:
         im.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from difflab.io import CheckpointError
 from difflab.pipeline import Pipeline, load
 from difflab.samplers import SAMPLERS
 from difflab.serve import limits
@@ -72,7 +73,7 @@ def load_models(runs: list[str | Path], device: str = "auto") -> list[ServedMode
     for run in runs:
         try:
             pipe = load(run, device)
-        except (ValueError, OSError) as err:
+        except (ValueError, OSError, CheckpointError) as err:
             raise ValueError(f"cannot serve {run}: {err}") from None
         _, h, w = pipe.image_shape
         if max(h, w) > limits.MAX_IMAGE_SIDE:
