@@ -59,6 +59,9 @@ LAYERS: dict[str, int] = {
     # training samples through pipeline and scores with eval's metrics (--eval-every);
     # eval never imports training
     "train": 9,
+    # the web page: samples through pipeline, edits with edit, pictures with viz; a peer of train,
+    # so serving can never import training (nor training the server)
+    "serve": 9,
     "demo": 10,
     # the command line
     "cli": 11,

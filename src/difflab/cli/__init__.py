@@ -39,6 +39,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     errors: tuple[type[BaseException], ...] = (ValueError, CheckpointError, DataError, OSError, ImportError)
     if "difflab.train.loop" in sys.modules:  # only loaded by the commands that train
         errors += (sys.modules["difflab.train.loop"].TrainingError,)
+    if "difflab.train.distributed" in sys.modules:  # a process of a torchrun launch lost the others
+        errors += (sys.modules["difflab.train.distributed"].PeerLost,)
     return errors
 
 
@@ -55,6 +57,7 @@ def exit_status(err: BaseException) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that relaunch themselves
     try:
         args.func(args)
     except Exception as err:
