@@ -44,7 +44,8 @@ def cli(*args):
 def train_tiny(out: Path, *extra: str) -> Path:
     """A run trained for 6 steps on 8x8 digits (seconds): real files, log.jsonl included."""
     done = cli("train", "--data", "digits", "--image-size", "8", "--steps", "6", "--batch-size", "8",
-               "--base-channels", "8", "--channel-mult", "1,2", "--T", "50", "--sample-every", "6", "--out", out,
+               "--base-channels", "8", "--channel-mult", "1,2", "--T", "50", "--sample-every", "6",
+               "--out", out,
                "--no-progress", "--device", "cpu", *extra)
     assert done.returncode == 0, done.stderr
     return out
@@ -122,7 +123,8 @@ def test_openapi_documents_every_route(client):
 def test_page_is_served_from_the_package_and_no_path_reaches_files(client, runs):
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    assert 'src="/app.js"' in page.text and "http" not in page.text.split("<body>")[1].replace('href="/docs"', "")
+    body = page.text.split("<body>")[1]
+    assert 'src="/app.js"' in page.text and "http" not in body  # nothing from elsewhere: works offline
     assert "javascript" in client.get("/app.js").headers["content-type"]
     assert "text/css" in client.get("/style.css").headers["content-type"]
     secret = runs["cls"] / "config.json"
@@ -138,7 +140,8 @@ def test_generated_images_are_the_pipelines_and_carry_their_command(client, mode
     s = run_job(client, "/api/generate", json={"model": "cls", "n": 3, "seed": 5, "steps": 4, "label": "7",
                                                "guidance": 2.0, "sampler": "ddim"})
     assert s["step"] == s["total"] == 4 and len(s["images"]) == 3
-    want = to_uint8(models[0].pipe.sample(3, sampler="ddim", steps=4, seed=5, class_labels=[7] * 3, guidance=2.0))
+    pipe = models[0].pipe
+    want = to_uint8(pipe.sample(3, sampler="ddim", steps=4, seed=5, class_labels=[7] * 3, guidance=2.0))
     for k, url in enumerate(s["images"]):
         r = client.get(url)
         assert r.headers["content-type"] == "image/png"
@@ -202,7 +205,8 @@ def test_bad_generation_parameters(client, change, status, message):
 
 
 def test_bad_paths_and_states(client):
-    for path, status in (("/api/jobs/nope", 404), ("/api/jobs/nope/events", 404), ("/api/models/zz/card", 404),
+    for path, status in (("/api/jobs/nope", 404), ("/api/jobs/nope/events", 404),
+                         ("/api/models/zz/card", 404),
                          ("/api/explore/cls/forward?t=50", 422), ("/api/explore/cls/forward?t=-1", 422),
                          ("/api/explore/cls/forward", 422), ("/api/explore/cls/forward?t=3&index=999", 422)):
         r = client.get(path)
@@ -262,7 +266,8 @@ def test_data_images_and_model_card(client, runs):
     log = [json.loads(line) for line in (runs["cls"] / "log.jsonl").read_text().splitlines()]
     assert card["loss"] == [[r["step"], r["loss"]] for r in log if "loss" in r]
     assert card["config"] == json.loads((runs["cls"] / "config.json").read_text())
-    assert card["parameters"] == sum(p.numel() for p in load_models([runs["cls"]], "cpu")[0].pipe.net.parameters())
+    net = load_models([runs["cls"]], "cpu")[0].pipe.net
+    assert card["parameters"] == sum(p.numel() for p in net.parameters())
     assert card["steps_trained"] == 6 and card["latest_eval"] is None
 
 
@@ -278,7 +283,8 @@ def test_inpaint_keeps_the_unmasked_pixels(client):
     image = rng.integers(0, 256, (8, 8), dtype=np.uint8)
     mask = np.zeros((8, 8), np.uint8)
     mask[2:6, 2:6] = 255
-    files = {"image": ("a.png", png_upload(image), "image/png"), "mask": ("m.png", png_upload(mask), "image/png")}
+    files = {"image": ("a.png", png_upload(image), "image/png"),
+             "mask": ("m.png", png_upload(mask), "image/png")}
     s = run_job(client, "/api/edit/inpaint", data={"model": "cls", "steps": 5, "method": "replace", "n": "2"},
                 files=files)
     assert s["total"] == 5 and len(s["images"]) == 2
@@ -399,7 +405,8 @@ def test_twenty_concurrent_requests_respect_the_queue_bound(slow):
     answers: list[httpx.Response] = []
 
     def post(i):
-        answers.append(httpx.post(f"{base}/api/generate", json={"model": "cls", "seed": i, "steps": 2}, timeout=30))
+        body = {"model": "cls", "seed": i, "steps": 2}
+        answers.append(httpx.post(f"{base}/api/generate", json=body, timeout=30))
 
     threads = [threading.Thread(target=post, args=(i,)) for i in range(20)]
     for t in threads:
@@ -489,7 +496,8 @@ print(sorted(m for m in sys.modules if m.startswith(("difflab.train", "difflab.c
 
 
 def test_serving_does_not_import_training_or_the_cli(runs):
-    out = subprocess.run([sys.executable, "-c", SERVE_WITHOUT_TRAINING, str(runs["cls"])], capture_output=True,
-                         text=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}, timeout=120)
+    out = subprocess.run([sys.executable, "-c", SERVE_WITHOUT_TRAINING, str(runs["cls"])],
+                         capture_output=True, text=True, timeout=120,
+                         env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
