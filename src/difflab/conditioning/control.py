@@ -171,7 +171,7 @@ def control_from_image(path: str | Path, cfg: ControlConfig, shape: tuple[int, i
     c, h, w = shape
     try:
         with Image.open(path) as im:
-            arr = np.asarray(im.convert("L" if c == 1 else "RGB"), dtype=np.uint8)
+            arr = np.array(im.convert("L" if c == 1 else "RGB"), dtype=np.uint8)  # a writable copy
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot read the image {path}: {err}") from None
     if arr.shape[:2] != (h, w):
