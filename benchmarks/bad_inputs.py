@@ -354,7 +354,6 @@ def path_cases(f: dict[str, Path]) -> list[Case]:
         Case("export", "out inside the run", ["export", P["RUN"], P["RUN"] + "/export", "--to", "diffusers"],
              USAGE),
         Case("export", "a classifier run", ["export", P["CLF"], O, "--to", "diffusers"], RUNTIME),
-        Case("serve", "missing run", ["serve", P["MISSING"], "--port", "1"], RUNTIME),
         Case("show-forward", "unknown data set", ["show-forward", "--data", "imagenet", "--out", PNG],
              RUNTIME),
     ]

@@ -43,7 +43,14 @@ def config_from_args(args: argparse.Namespace) -> Any:
     saved_path = Path(args.out) / "config.json"
     base = VAETrainConfig()
     if args.resume and saved_path.is_file():
-        base = VAETrainConfig.from_dict(json.loads(saved_path.read_text()))
+        from difflab.io import CheckpointError
+
+        try:
+            base = VAETrainConfig.from_dict(json.loads(saved_path.read_text()))
+        except (ValueError, TypeError, AttributeError) as err:
+            why = " ".join(str(err).split())[:160]
+            raise CheckpointError(f"--resume: {saved_path} is not a train-vae config ({why}); resume an "
+                                  "autoencoder run, or start a new --out") from None
     fields: dict[str, Any] = {f: getattr(args, a) for a, f in FIELDS.items() if getattr(args, a) is not None}
     if args.no_fd:
         fields["eval_fd"] = False

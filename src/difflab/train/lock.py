@@ -1,7 +1,8 @@
 """One writer per run folder: an advisory ``fcntl.flock`` on ``RUN/.difflab.lock``.
 
 The kernel drops a ``flock`` when its holder exits, however it exits (SIGKILL included), so a
-crashed run never leaves a stale lock; the file itself stays and means nothing on its own. The
+crashed run never leaves a stale lock; the file itself stays, empty, and means nothing on its own
+(it is written once, so a refused second writer changes no byte of the folder). The
 lock is re-entrant within a process (``train`` takes it and the loop it drives takes it again).
 Taking it removes the temporary files killed writers left in the folder and its subfolders.
 """
@@ -41,13 +42,10 @@ def run_lock(folder: str | Path) -> Iterator[Path]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _holder(fd)
             os.close(fd)
             raise RunInUseError(
-                f"{folder} is in use by another difflab process{holder}; wait for it to finish (or stop "
-                "it), or choose another --out") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+                f"{folder} is in use by another difflab process; wait for it to finish (or stop it), or "
+                "choose another --out") from None
         _held[key] = (fd, 1)
         for sub in (key, *(p for p in key.iterdir() if p.is_dir())):
             remove_stale_temps(sub)  # no writer lives: these are the half-written files of dead ones
@@ -61,11 +59,3 @@ def run_lock(folder: str | Path) -> Iterator[Path]:
             del _held[key]
             os.close(fd)  # releases the flock
 
-
-def _holder(fd: int) -> str:
-    """`` (pid N)`` from the lock file, when its holder wrote one."""
-    try:
-        text = os.pread(fd, 32, 0).decode().strip()
-    except (OSError, UnicodeDecodeError):
-        return ""
-    return f" (pid {text})" if text.isdigit() else ""
