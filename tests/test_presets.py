@@ -224,6 +224,10 @@ def _code_default(command, action):
         from difflab.nets.lora import DEFAULT_STEPS
 
         return DEFAULT_STEPS
+    if command == "train-controlnet" and action.dest == "steps":  # None: --time-budget may give it
+        from difflab.nets.controlnet import DEFAULT_STEPS as CONTROLNET_STEPS
+
+        return CONTROLNET_STEPS
     if command == "sample" and action.dest == "classifier_scale":
         import inspect
 
