@@ -115,12 +115,18 @@ class ControlNetTrainer(Trainer):
         self.model = ControlledUNet(base, net)
 
     def loss(self, x0: Tensor, labels: Tensor | None, indices: Tensor | None = None) -> Tensor:
+        """The loop's loss with the batch's control images bound to the network (dropped to the
+        empty image with probability ``control_drop``, drawn from the run's generator). Inside
+        the loop's micro-batches (``rows`` of the whole batch) the draws are made for the whole
+        batch and cut to those rows, as the loop does with its own."""
         control = self.data.last_control
         assert control is not None, "ControlledImages.batch keeps every batch's control images"
+        rows = getattr(self, "rows", None) if getattr(self, "whole", None) is not None else None
+        rows = slice(None) if rows is None else rows
         if self.control_drop > 0:
             drop = torch.rand(control.shape[0], generator=self.gen).to(control.device) < self.control_drop
             control = torch.where(drop[:, None, None, None], torch.zeros_like(control), control)
-        self.model.bind(control)
+        self.model.bind(control[rows])
         return super().loss(x0, labels, indices)
 
     def checkpoint(self) -> None:
