@@ -197,6 +197,9 @@ def test_only_the_controlnet_trains_and_the_base_folder_is_untouched(runs):
     # the encoder's copy trained too (not just the zero convolutions), away from the base's weights
     assert not torch.equal(files.state["down.0.0.conv1.weight"], base["down.0.0.conv1.weight"])
     assert files.state["zero_convs.0.weight"].abs().max() > 0
+    # the base run's conditioning was applied: the copy's class embedding learned the digits' rows
+    moved = (files.state["class_embed.weight"] - base["class_embed.weight"]).abs().amax(1) > 0
+    assert int(moved[:10].sum()) >= 5
     assert (root / "cn" / "samples" / "step_0000006.png").is_file()
     difflab.load(root / "base", "cpu", controlnet=root / "cn").sample(
         2, steps=2, class_labels=[1, 2], control=torch.zeros(1, 28, 28))
@@ -244,6 +247,22 @@ def test_controlnet_refuses_other_base_weights_naming_both_hashes(runs, tmp_path
     assert ours[:16] in line and theirs[:16] in line and len(line.splitlines()) == 1
     with pytest.raises(CheckpointError, match="ControlNet, not a run"):
         difflab.load(root / "cn", "cpu")
+
+
+def test_broken_folders_and_flags_get_one_line_errors(runs, tmp_path, capsys):
+    root, _ = runs
+    broken = tmp_path / "broken"
+    shutil.copytree(root / "cn", broken)
+    (broken / "controlnet.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        difflab.load(root / "base", "cpu", controlnet=broken)
+    with pytest.raises(CheckpointError, match="has no controlnet.json"):
+        difflab.load(root / "base", "cpu", controlnet=tmp_path)
+    assert cli_main(["train-controlnet", str(root / "base"), "--control", "edges", "--out", str(root / "cn"),
+                     "--quiet"]) == 1
+    assert "already holds a run" in capsys.readouterr().err
+    assert cli_main(["sample", str(root / "base"), "--control-scale", "0.5"]) == 2
+    assert "--control-scale needs --controlnet" in capsys.readouterr().err
 
 
 class Crash(RuntimeError):
