@@ -365,6 +365,10 @@ def api_cases(f: dict[str, Path]) -> list[Case]:
     P = {k: str(v) for k, v in f.items()}
     load = "import difflab; p = difflab.load({run!r}, 'cpu')"
     sample = load.format(run=P["RUN"]) + "; p.sample({args})"
+    train = ("from difflab.data import DataConfig; from difflab.train import TrainConfig, train; "
+             "d = DataConfig(source='folder', path={imgs!r}); "
+             "base = dict(data=d, steps=2, sample_every=1000, sample_n=2, sample_steps=2); "
+             "train(TrainConfig(**{{**base, **dict({cfg})}}), 'api-run-{n}', progress=False, log=print)")
     return [Case("difflab.load", what, api=code, expect=API_OK) for what, code in [
         ("missing run", load.format(run=P["MISSING"])),
         ("an image file", load.format(run=P["IMG"])),
@@ -379,7 +383,12 @@ def api_cases(f: dict[str, Path]) -> list[Case]:
         ("steps=10**6", "1, steps=10**6"), ("unknown sampler", "1, sampler='bogus'"),
         ("guidance=-1", "1, guidance=-1.0"), ("class 12 of 2", "1, class_labels=[12]"),
         ("seed='x'", "1, seed='x'"), ("eta=2 on ddpm", "1, sampler='ddpm', eta=2.0"),
-    ]]
+    ]] + [Case("train()", what, api=train.format(imgs=P["IMGS"], cfg=cfg, n=i), expect=API_OK)
+          for i, (what, cfg) in enumerate([
+        ("steps=0", "steps=0"), ("batch_size=-1", "batch_size=-1"), ("unknown net", "net_kind='bogus'"),
+        ("lr=nan", "lr=float('nan')"), ("lr=inf", "lr=float('inf')"), ("ema_decay=2", "ema_decay=2.0"),
+        ("steps='10'", "steps='10'"), ("T=1", "T=1"),
+    ])]
 
 
 # ---- running ---------------------------------------------------------------------------------
