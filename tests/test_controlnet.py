@@ -6,7 +6,10 @@ for bit, and the command line trains and samples."""
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -263,6 +266,19 @@ def test_broken_folders_and_flags_get_one_line_errors(runs, tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert cli_main(["sample", str(root / "base"), "--control-scale", "0.5"]) == 2
     assert "--control-scale needs --controlnet" in capsys.readouterr().err
+
+
+def test_sampling_with_a_controlnet_imports_neither_training_nor_scikit_image(runs):
+    root, _ = runs
+    code = (f"import sys, torch, difflab; p = difflab.load({str(root / 'base')!r}, 'cpu', "
+            f"controlnet={str(root / 'cn')!r}); "
+            "p.sample(1, steps=1, class_labels=[1], control=torch.zeros(1, 28, 28)); "
+            "bad = [m for m in sys.modules if m.split('.')[0] == 'skimage' "
+            "or m.startswith('difflab.train')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
 class Crash(RuntimeError):

@@ -36,7 +36,6 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -263,9 +262,3 @@ def controlnet_info(net: ControlNet, control: dict[str, Any], base_run: str | Pa
         "base": {"run": str(Path(base_run).resolve()), "weights": base_weights, "sha256": base_sha256},
         "data": data,
     }
-
-
-def zero_conv_parameters(net: ControlNet) -> Sequence[nn.Parameter]:
-    """The weights and biases of every zero convolution (the hint encoder's last one included)."""
-    convs = [*net.zero_convs, net.mid_zero_conv, net.hint.out]
-    return [p for conv in convs for p in conv.parameters()]
