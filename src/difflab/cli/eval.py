@@ -43,19 +43,26 @@ def cmd_fd(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    """Under torchrun the samples are spread over the processes; rank 0 prints and writes."""
+    from difflab.device import resolve_device
     from difflab.eval.evaluate import evaluate, write_json
+    from difflab.eval.sharded import joined, local_device
 
-    report = evaluate(
-        args.run, n=args.n, metrics=args.metrics, sampler=args.sampler, steps=args.steps, seed=args.seed,
-        batch_size=args.sample_batch_size, device=args.device, data=args.data, real_n=args.real_n,
-        features=args.features, bpd_n=args.bpd_n, bpd_timesteps=args.bpd_timesteps,
-        inception_weights=args.inception_weights, allow_download=args.download, cache=not args.no_cache,
-        progress=not args.no_progress, log=note, prompt_file=args.prompt_file, guidance=args.guidance,
-        clip_weights=args.clip_weights, autoencoder=args.autoencoder,
-    )
-    print(report.table())
-    if args.json:
-        write_json(report.to_dict(), args.json)
+    device = local_device(args.device)
+    with joined(resolve_device(device)) as (rank, _):
+        report = evaluate(
+            args.run, n=args.n, metrics=args.metrics, sampler=args.sampler, steps=args.steps, seed=args.seed,
+            batch_size=args.sample_batch_size, device=device, data=args.data, real_n=args.real_n,
+            features=args.features, bpd_n=args.bpd_n, bpd_timesteps=args.bpd_timesteps,
+            inception_weights=args.inception_weights, allow_download=args.download, cache=not args.no_cache,
+            progress=not args.no_progress, log=note if rank == 0 else lambda _: None,
+            prompt_file=args.prompt_file, guidance=args.guidance, clip_weights=args.clip_weights,
+            autoencoder=args.autoencoder,
+        )
+    if rank == 0:
+        print(report.table())
+        if args.json:
+            write_json(report.to_dict(), args.json)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -163,12 +163,13 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from difflab.cli.classifier import guidance_kwargs
     from difflab.cli.controlnet import check_control_flags, control_kwargs
     from difflab.cli.finetune import lora_args
+    from difflab.eval.sharded import joined, launched, local_device, write_spread
     from difflab.pipeline import load, write_samples
 
     kwargs = sample_kwargs(args)  # flags are checked before the run is loaded
     loras, scales = lora_args(args)
     check_control_flags(args)
-    pipe = load(args.run, args.device, args.weights, lora=loras, lora_scale=scales,
+    pipe = load(args.run, local_device(args.device), args.weights, lora=loras, lora_scale=scales,
                 autoencoder=args.autoencoder, controlnet=args.controlnet)
     kwargs.update(control_kwargs(pipe, args))  # --control-image / --control-from with --controlnet
     kwargs.update(prompt_kwargs(pipe, args))  # --prompt, --prompt-file on a text-conditional run
@@ -181,9 +182,16 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
         n, kwargs = from_noise_kwargs(pipe, args, kwargs)
         print(f"sampling {n} image{'s' if n > 1 else ''} from the noise in {args.from_noise}")
-    written = write_samples(pipe, n, out=args.out, gif=args.gif, progression=args.progression,
-                            save_dir=args.save_dir, batch_size=args.batch_size,
-                            gif_normalize=args.gif_normalize, **kwargs)
+    if launched():  # torchrun: the images spread over the processes; rank 0 writes them
+        if args.gif or args.progression:
+            raise ValueError("--gif and --progression follow one batch: sample them on one process")
+        with joined(pipe.device):
+            written = write_spread(pipe, n, out=args.out, save_dir=args.save_dir, batch_size=args.batch_size,
+                                   **kwargs)
+    else:
+        written = write_samples(pipe, n, out=args.out, gif=args.gif, progression=args.progression,
+                                save_dir=args.save_dir, batch_size=args.batch_size,
+                                gif_normalize=args.gif_normalize, **kwargs)
     for p in written:
         print(f"wrote {p}")
 

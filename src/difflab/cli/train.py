@@ -115,6 +115,22 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="skip (and count in log.jsonl) steps whose loss or gradients are NaN/inf instead of "
                    "stopping there; the weights and EMA never take such a step")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_distributed_args(p)
+
+
+def add_distributed_args(p: argparse.ArgumentParser) -> None:
+    from difflab.train.distributed import DEFAULT_TIMEOUT_S
+
+    group = p.add_argument_group("many processes (torchrun; --batch-size stays the global batch)")
+    group.add_argument("--grad-accum", type=positive_int, default=1, metavar="K",
+                       help=with_default("split each step's batch into K micro-batches (the same result, "
+                                         "less memory)", 1))
+    group.add_argument("--nproc", type=positive_int, default=1, metavar="N",
+                       help=with_default("train on N processes on this machine (one per GPU; gloo on CPU) "
+                                         "by launching torchrun --standalone --nproc-per-node N", 1))
+    group.add_argument("--dist-timeout", type=positive_float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                       help=with_default("with many processes: stop with an error when another process is "
+                                         "silent this long (died or hung)", DEFAULT_TIMEOUT_S))
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -198,22 +214,51 @@ def describe_preset(cfg: TrainConfig, small: bool) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from difflab.device import resolve_device
     from difflab.train import train
+    from difflab.train.distributed import launched, process_group
 
     cfg = train_config_from_args(args)
-    if cfg.preset and not args.resume:
-        for line in describe_preset(cfg, args.small):
-            print(line, flush=True)
-    elif not args.resume:
-        from difflab.train.estimate import estimate
+    if args.nproc > 1 and not launched():
+        relaunch(args.argv, args.nproc)
+        return
+    with process_group(resolve_device(cfg.device), timeout=args.dist_timeout) as world:
+        if world.main and cfg.preset and not args.resume:
+            for line in describe_preset(cfg, args.small):
+                print(line, flush=True)
+        elif world.main and not args.resume:
+            from difflab.train.estimate import estimate
 
-        print(estimate(cfg).describe(), flush=True)
-    result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress,
-                   skip_nonfinite=args.skip_nonfinite)
-    print(
-        f"trained {result.steps} steps in {result.seconds:.0f} s ({result.images_per_s:.0f} images/s); "
-        f"weights: {Path(args.out) / 'model.safetensors'}"
-    )
+            print(estimate(cfg).describe(), flush=True)
+        result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress,
+                       skip_nonfinite=args.skip_nonfinite, grad_accum=args.grad_accum)
+        if world.main:
+            print(f"trained {result.steps} steps in {result.seconds:.0f} s ({result.images_per_s:.0f} "
+                  f"images/s); weights: {Path(args.out) / 'model.safetensors'}")
+
+
+def relaunch(argv: list[str], nproc: int) -> None:
+    """Run this command again on ``nproc`` processes through torchrun's entry point
+    (``torch.distributed.run``, ``--standalone``: one machine, a free port)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    from difflab.train import TrainingError
+
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    try:
+        torchrun(["--standalone", "--nproc-per-node", str(nproc), "-m", "difflab", *rest])
+    except ChildFailedError as err:
+        rank, failure = min(err.failures.items())
+        raise TrainingError(f"{len(err.failures)} of {nproc} processes failed (rank {rank} exited with "
+                            f"{failure.exitcode}); their errors are above") from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -13,10 +13,31 @@ if TYPE_CHECKING:
     from difflab.data import ImageDataset
 
 
-def _seed_from(*values: int) -> int:
+def seed_from(*values: int) -> int:
     """A 63-bit seed that is a pure function of ``values`` (numpy's SeedSequence hashing)."""
     state = np.random.SeedSequence([v % 2**64 for v in values]).generate_state(2, np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
+
+
+def micro_batches(batch_size: int, rank: int = 0, world: int = 1, accum: int = 1) -> list[slice]:
+    """The rows of a global batch of ``batch_size`` that rank ``rank`` of ``world`` processes
+    takes, as ``accum`` micro-batches: the ranks take consecutive blocks (sizes differing by at
+    most one), and each block is cut the same way into ``accum`` parts. Every row of the batch
+    belongs to exactly one (rank, micro-batch)."""
+    if not 0 <= rank < world or accum < 1:
+        raise ValueError(f"rank {rank} of {world} processes with {accum} micro-batches")
+    if batch_size < world * accum:
+        raise ValueError(f"a batch of {batch_size} cannot be split over {world} process"
+                         f"{'es' if world > 1 else ''} x {accum} micro-batches; use --batch-size of at "
+                         f"least {world * accum}")
+    start, stop = _part(0, batch_size, world, rank)
+    return [slice(*_part(start, stop, accum, k)) for k in range(accum)]
+
+
+def _part(start: int, stop: int, parts: int, k: int) -> tuple[int, int]:
+    """The k-th of ``parts`` consecutive near-equal pieces of ``range(start, stop)``."""
+    n = stop - start
+    return start + k * n // parts, start + (k + 1) * n // parts
 
 
 class Batcher:
@@ -44,7 +65,7 @@ class Batcher:
 
     def permutation(self, epoch: int) -> Tensor:
         """The order of epoch ``epoch`` (int64 [n])."""
-        rng = np.random.default_rng(_seed_from(self.seed, epoch))
+        rng = np.random.default_rng(seed_from(self.seed, epoch))
         return torch.from_numpy(rng.permutation(self.n).astype(np.int64))
 
     def _current(self) -> Tensor:
@@ -55,7 +76,7 @@ class Batcher:
     def generator(self) -> torch.Generator:
         """A torch generator for the batch about to be drawn (for flips and other randomness
         that must resume exactly)."""
-        return torch.Generator().manual_seed(_seed_from(self.seed, self.epoch, self.position, 1))
+        return torch.Generator().manual_seed(seed_from(self.seed, self.epoch, self.position, 1))
 
     def next_indices(self) -> Tensor:
         """The next ``batch_size`` indices (int64)."""

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from difflab.config import check_choice
 from difflab.eval.features import FeatureExtractor, get_extractor
+from difflab.eval.sharded import block, broadcast, gather_rows, rank_and_size
 from difflab.eval.stats import FeatureSet, StatsError, cached_features, extract
 
 METRICS: tuple[str, ...] = (
@@ -140,7 +141,12 @@ def evaluate(
     given), see :mod:`difflab.eval.prompts`. ``clip-score`` (text runs) samples ``n`` images for the
     same prompts and scores each against its prompt with the CLIP model in the folder
     ``clip_weights``, see :mod:`difflab.eval.clip_score`. ``autoencoder``: a latent run's
-    autoencoder when it moved since training (:func:`difflab.load`)."""
+    autoencoder when it moved since training (:func:`difflab.load`).
+
+    Under ``torchrun`` (a joined process group) every rank calls this: each samples its block of
+    the n seeds and extracts their features, rank 0 gathers exactly n and scores them
+    (:mod:`difflab.eval.sharded`; prompt-agreement, clip-score and bpd run on rank 0), and every
+    rank returns rank 0's report."""
     from tqdm.auto import tqdm
 
     from difflab.data import load_dataset, parse_data_spec
@@ -171,16 +177,32 @@ def evaluate(
     t0 = time.perf_counter()
     num_classes = int(getattr(pipe.net, "num_classes", 0) or 0)
     labels = torch.arange(n) % num_classes if num_classes else None
+    rank, size = rank_and_size()
+    if size > n:
+        raise ValueError(f"--n {n} samples cannot be spread over {size} processes; give --n {size} or more")
+    span = block(n, rank, size) if need_samples else range(0)
     chunks = []
-    with tqdm(total=n, desc="sampling", unit="img", disable=not progress, dynamic_ncols=True) as bar:
-        for start in range(0, n if need_samples else 0, batch_size):
-            stop = min(n, start + batch_size)
+    with tqdm(total=len(span), desc="sampling", unit="img", disable=not progress or rank > 0,
+              dynamic_ncols=True) as bar:
+        for start in range(span.start, span.stop, batch_size):
+            stop = min(span.stop, start + batch_size)
             chunks.append(pipe.sample(stop - start, sampler=sampler, steps=steps, seed=seed + start,
                                       batch_size=batch_size,
                                       class_labels=None if labels is None else labels[start:stop]))
             bar.update(stop - start)
     fake = torch.cat(chunks) if chunks else torch.empty(0, *pipe.image_shape)
     report.seconds["sampling"] = time.perf_counter() - t0
+    fake_sets: dict[str, FeatureSet] = {}
+    fake_probs = None
+    if size > 1:  # every rank: its samples' features, gathered on rank 0
+        for extractor_name in _fake_extractors(chosen, features):
+            gathered = _spread_features(fake, extractors(extractor_name))
+            if gathered is not None:
+                fake_sets[extractor_name] = gathered
+        if "digit" in chosen:
+            fake_probs = gather_rows(extractors("digit").probs(fake))
+        if rank > 0:
+            return broadcast(None)
 
     dataset = load_dataset(data_cfg)
     real = _real_subset(dataset, real_n)
@@ -190,7 +212,7 @@ def evaluate(
         t = time.perf_counter()
         ex = extractors(extractor_name)
         real_fs = cached_features(real, ex, name=name, cache=cache, log=log)
-        fake_fs = extract(fake, ex)
+        fake_fs = fake_sets.get(extractor_name) or extract(fake, ex)
         report.seconds[f"features {ex.label}"] = report.seconds.get(f"features {ex.label}", 0) + \
             time.perf_counter() - t
         return real_fs, fake_fs
@@ -224,7 +246,7 @@ def evaluate(
             report.scores.append(Score(f"precision-{tag}", p, note="k=3 (Kynkaanniemi et al. 2019)"))
             report.scores.append(Score(f"recall-{tag}", rec, note="k=3"))
         elif metric == "digit":
-            report.scores.extend(_digit_scores(fake, labels, extractors("digit")))
+            report.scores.extend(_digit_scores(fake, labels, extractors("digit"), fake_probs))
         elif metric == "prompt-agreement":
             report.scores.append(_prompt_agreement(pipe, n, data_cfg, extractors, prompt_file, guidance,
                                                    sampler=sampler, steps=steps, seed=seed,
@@ -239,7 +261,23 @@ def evaluate(
                                       held_out=data is not None, batch_size=batch_size))
             report.seconds["bpd"] = time.perf_counter() - t
     report.seconds["total"] = time.perf_counter() - t0
-    return report
+    return broadcast(report) if size > 1 else report
+
+
+def _fake_extractors(chosen: Sequence[str], features: str) -> list[str]:
+    """The extractors whose features of the samples ``chosen`` metrics need, in a fixed order."""
+    names = [_FD_EXTRACTOR[m] for m in chosen if m in _FD_EXTRACTOR]
+    names += [features for m in chosen if m in ("kid", "precision-recall")]
+    return list(dict.fromkeys(names))
+
+
+def _spread_features(fake: Tensor, extractor: FeatureExtractor) -> FeatureSet | None:
+    """This rank's samples' features (in :func:`extract`'s chunks), gathered on rank 0 as one
+    set (None on the other ranks)."""
+    chunk = 64 * 4
+    local = [extractor.features(fake[i : i + chunk], batch_size=64) for i in range(0, len(fake), chunk)]
+    gathered = gather_rows(torch.cat(local))
+    return None if gathered is None else FeatureSet.from_features(gathered, extractor.label)
 
 
 def _prompt_agreement(pipe, n: int, data_cfg, extractors: _Extractors, prompt_file: str | Path | None,
@@ -286,10 +324,11 @@ def _real_subset(dataset, real_n: int | None) -> Tensor:
     return uint8_to_float(images)
 
 
-def _digit_scores(fake: Tensor, labels: Tensor | None, digit) -> list[Score]:
+def _digit_scores(fake: Tensor, labels: Tensor | None, digit, probs: Tensor | None = None) -> list[Score]:
+    """Digit-classifier scores of ``fake`` (or of the classifier's ``probs`` of them, gathered)."""
     from difflab.eval.scores import class_entropy, confident_share, inception_score
 
-    probs = digit.probs(fake)
+    probs = digit.probs(fake) if probs is None else probs
     out = [Score("confident-digit", confident_share(probs), note="share with p_max >= 0.9"),
            Score("class-entropy-digit", class_entropy(probs), note=f"nats; ln 10 = {math.log(10):.3f}"),
            Score("IS-digit", inception_score(probs), note="1..10")]

@@ -12,6 +12,18 @@ takes one optimizer step at a time (:meth:`Trainer.train_step`), then does what 
 (:meth:`Trainer.after_step`: epoch end, log record, checkpoint, sample grid, evaluation), and
 :meth:`Trainer.finish` writes the final checkpoint and plots. A run with a time budget fits its
 step count early on (:mod:`difflab.train.budget`).
+
+Many processes (torchrun, :mod:`difflab.train.distributed`): ``batch_size`` is the global batch,
+and every rank draws the same global batch from the batcher, its flips and the generator ``gen``
+(timesteps, noise, label dropout, captions, all drawn at the global batch size), then keeps its
+own rows: sample i of a step gets the same draws on any number of processes, at the cost of
+drawing the whole batch's randomness on every rank (small next to a forward pass). With
+``grad_accum`` K, each rank's rows are split in K micro-batches and each replays the step's draws
+from the same generator state. A micro-batch of n rows weighs its mean loss by ``world * n / B``,
+so DDP's average of the ranks' summed gradients is the gradient of the global batch's mean loss.
+The network's own dropout draws from torch's global RNG, re-seeded every step from (seed, step,
+rank) on many processes, so no per-rank state needs saving. Only rank 0 writes; a checkpoint holds
+the global state (batcher, generator, step), so a run resumes on any number of processes.
 """
 
 from __future__ import annotations
@@ -20,7 +32,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -31,6 +43,7 @@ from torch import Tensor, nn
 from difflab.conditioning.lowres import LowResCondition, check_factor
 from difflab.conditioning.text import TextConfig
 from difflab.data import Batcher, ImageDataset, load_dataset
+from difflab.data.batcher import micro_batches, seed_from
 from difflab.device import resolve_device
 from difflab.latent.cache import LatentDataset
 from difflab.latent.space import LatentSpace
@@ -54,7 +67,9 @@ from difflab.train.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
     save_weights,
+    weights_step,
 )
+from difflab.train.distributed import World, is_collective_failure, lost_message, world
 from difflab.train.ema import EMA
 from difflab.train.lock import run_lock
 
@@ -357,8 +372,10 @@ class Trainer:
         from difflab.nets import build_net
 
         self.cfg, self.out, self.device, self.log = cfg, out, device, log
+        self.world: World = world()  # this process among the run's (one of one without torchrun)
         self.pixels = data  # the images; ``data`` is what the steps draw from (latents for latent runs)
-        self.space, self.data = self._latent_data(data) if cfg.latent else (None, data)
+        with self.world.main_first():  # rank 0 writes a latent run's cache, the others read it
+            self.space, self.data = self._latent_data(data) if cfg.latent else (None, data)
         torch.manual_seed(cfg.seed)
         self.net = build_net(cfg.net).to(device)
         if use_channels_last(self.net, device):
@@ -404,6 +421,13 @@ class Trainer:
         # skip_nonfinite, else training stops there.
         self.skip_nonfinite = False
         self.skipped_nonfinite = 0
+        # Micro-batches per optimizer step (set before distribute()); the DDP wrapper of net when
+        # the run has many processes; the rows of the global batch the current micro-batch holds
+        # (None: the whole batch) and the global batch's labels and indices.
+        self.grad_accum = 1
+        self.ddp: nn.Module | None = None
+        self.rows: slice | None = None
+        self.whole: tuple[Tensor | None, Tensor] | None = None
 
     def _latent_data(self, data: ImageDataset | LatentDataset) -> tuple[LatentSpace, LatentDataset]:
         """The autoencoder of a latent run, and the data as its cached latent posteriors (given
@@ -443,7 +467,7 @@ class Trainer:
         return table
 
     def _make_evaluator(self) -> Callable[[nn.Module], dict[str, float]] | None:
-        if not self.cfg.eval_every:
+        if not self.cfg.eval_every or not self.world.main:  # rank 0 evaluates
             return None
         from difflab.train.evaluation import TrainingEval
 
@@ -468,6 +492,31 @@ class Trainer:
             "skipped_nonfinite": self.skipped_nonfinite,
         }
 
+    def distribute(self) -> None:
+        """Wrap the network in DistributedDataParallel when the run has many processes (after
+        a subclass has put its own network in place); the EMA and the saved weights stay on the
+        bare network, so their keys never change with the process count."""
+        if self.grad_accum > 1 or self.world.distributed:
+            norms = [type(m).__name__ for m in self.net.modules()
+                     if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+            if norms:
+                raise TrainingError(f"--net {self.cfg.net_kind} normalises over the batch ({norms[0]}), so "
+                                    "splitting the batch over processes or micro-batches would change it: "
+                                    "train it on one process without --grad-accum, or use --net unet")
+            try:
+                micro_batches(self.cfg.batch_size, 0, self.world.size, self.grad_accum)
+            except ValueError as err:
+                raise TrainingError(str(err)) from None
+        if not self.world.distributed:
+            return
+        if self.model is not self.net and getattr(self.model, "_orig_mod", None) is not self.net:
+            raise TrainingError(f"{type(self).__name__} runs on one process; start it without torchrun")
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device] if self.device.type == "cuda" else None
+        self.ddp = DistributedDataParallel(self.net, device_ids=ids, broadcast_buffers=False)
+        self.model = torch.compile(self.ddp) if self.cfg.compile else self.ddp
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.net.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
@@ -490,14 +539,21 @@ class Trainer:
             self.fit_point = state.get("fit_point")
 
     def resume(self) -> None:
-        """Continue from the newest checkpoint in the run folder, if there is one."""
-        found = load_latest_checkpoint(self.ckpt_dir, self.log)
+        """Continue from the newest checkpoint in the run folder, if there is one (read by rank 0
+        and sent to the others, which need no copy of the run folder)."""
+        found = self.world.broadcast(self.world.run_on_main(lambda: load_latest_checkpoint(self.ckpt_dir,
+                                                                                              self.log)))
         if found:
             self.load_state_dict(found[1])
             self.log(f"resuming {self.out} from step {self.step}")
 
+    def save(self) -> None:
+        """:meth:`checkpoint` on rank 0 while the others wait: no rank runs ahead of a save, and a
+        failed save stops every rank."""
+        self.world.run_on_main(self.checkpoint)
+
     def checkpoint(self) -> None:
-        """Save the training state and the EMA weights; prune old checkpoints."""
+        """Save the training state and the EMA weights; prune old checkpoints (rank 0 only)."""
         save_checkpoint(self.state_dict(), self.ckpt_dir / f"step_{self.step:07d}.pt")
         save_weights(self.ema.model.state_dict(), self.out / FINAL_WEIGHTS, {"step": str(self.step)})
         prune_checkpoints(self.ckpt_dir, self.cfg.keep_checkpoints)
@@ -518,28 +574,36 @@ class Trainer:
             f"net {cfg.net_kind}: {param_count(self.net):,} parameters; {length} of batch "
             f"{cfg.batch_size} on {self.device.type}; writing to {self.out}"
         )
+        if self.world.distributed or self.grad_accum > 1:
+            share = micro_batches(cfg.batch_size, 0, self.world.size, self.grad_accum)
+            self.log(f"{self.world.size} process{'es' if self.world.distributed else ''} x {self.grad_accum} "
+                     f"micro-batch{'es' if self.grad_accum > 1 else ''} per step (rank 0: "
+                     f"{'+'.join(str(r.stop - r.start) for r in share)} of the batch of {cfg.batch_size})")
 
     @contextmanager
     def outputs(self, progress: bool) -> Iterator[None]:
         """The progress bar and ``log.jsonl``, open for the loop."""
         from tqdm.auto import tqdm
 
+        main = self.world.main  # the other ranks show and write nothing
         self.bar = tqdm(
-            total=self.total_steps, initial=self.step, disable=not progress, desc="training", unit="step",
-            dynamic_ncols=True,
+            total=self.total_steps, initial=self.step, disable=not (progress and main), desc="training",
+            unit="step", dynamic_ncols=True,
         )
-        self.log_file = (self.out / "log.jsonl").open("a")
+        self.log_file = (self.out / "log.jsonl").open("a") if main else None
         try:
             yield
         finally:
             self.bar.close()
-            self.log_file.close()
+            if self.log_file is not None:
+                self.log_file.close()
 
     def run(self, max_seconds: float | None, on_step: OnStep | None) -> None:
         """Step until the run's length (``cfg.steps`` or the fitted time budget), or until
         ``max_seconds`` of training in this session."""
         self.t_start = self.window_t = clock()
         self.net.train()
+        agree = self.world.agree  # decisions that read the clock are rank 0's, on every rank
         while self.total_steps is None or self.step < self.total_steps:
             self.train_step()
             self.after_step()
@@ -547,14 +611,14 @@ class Trainer:
                 self.calibrate()
             elif self.fit_point is not None:
                 self.maybe_refit()
-            if on_step is not None:
+            if on_step is not None and self.world.main:
                 with forked_rng(self.device):
                     on_step(self.step, self.elapsed(), self.ema.model)
-            if max_seconds is not None and self.session_elapsed() > max_seconds:
+            if max_seconds is not None and agree(self.session_elapsed() > max_seconds):
                 self.log(f"stopping at step {self.step}: the time limit of {max_seconds:.0f} s is reached")
                 break
             budget = self.cfg.time_budget
-            if budget is not None and self.elapsed() >= budget and self.step != self.total_steps:
+            if budget is not None and agree(self.elapsed() >= budget and self.step != self.total_steps):
                 self.stop_at_budget()
                 break
 
@@ -580,7 +644,7 @@ class Trainer:
             return
         step0, t0 = self.calibration
         timed_s = clock() - t0
-        if calibration_done(self.step, timed_s, budget, self.cfg.warmup_steps):
+        if self.world.agree(calibration_done(self.step, timed_s, budget, self.cfg.warmup_steps)):
             self.fit_budget(timed_s / (self.step - step0))
 
     def fit_budget(self, seconds_per_step: float) -> None:
@@ -588,20 +652,21 @@ class Trainer:
         cfg = self.cfg
         assert cfg.time_budget is not None
         side = []
-        for task, every in ((self.checkpoint, cfg.checkpoint_every), (self.sample_grid, cfg.sample_every),
+        for task, every in ((self.save, cfg.checkpoint_every), (self.sample_grid, cfg.sample_every),
                             (self.run_eval if self.evaluator else None, cfg.eval_every)):
             if task is None:
                 continue
             t0 = clock()
             with forked_rng(self.device):
-                task()
+                if task == self.save or self.world.main:
+                    task()
             side.append(SideWork(clock() - t0, every))
         self.net.train()
         steps = fit_steps(cfg.time_budget, self.elapsed(), self.step, seconds_per_step, side)
         self.fit_point = {"step": self.step, "elapsed": self.elapsed(),
                           "reserve": sum(w.seconds for w in side), "refits": 0}
         self.set_total_steps(steps)
-        self.checkpoint()  # the fitted length survives a kill from here on
+        self.save()  # the fitted length survives a kill from here on
         self.write_record({"step": self.step, "time_budget_s": cfg.time_budget, "fitted_steps": steps,
                            "seconds_per_step": round(seconds_per_step, 5),
                            "side_work_s": [round(w.seconds, 3) for w in side]})
@@ -615,11 +680,11 @@ class Trainer:
         fit, budget = self.fit_point, self.cfg.time_budget
         assert fit is not None and budget is not None and self.total_steps is not None
         done = int(fit["refits"])
-        if done >= len(REFIT_AT) or self.elapsed() < REFIT_AT[done] * budget:
+        if not self.world.agree(done < len(REFIT_AT) and self.elapsed() >= REFIT_AT[done] * budget):
             return
         fit["refits"] = done + 1
-        steps = refit_steps(budget, self.elapsed(), self.step, int(fit["step"]), fit["elapsed"],
-                            fit["reserve"])
+        steps = self.world.broadcast(refit_steps(budget, self.elapsed(), self.step, int(fit["step"]),
+                                                 fit["elapsed"], fit["reserve"]))
         if abs(steps - self.total_steps) <= REFIT_TOLERANCE * self.total_steps:
             return
         self.log(f"time budget: {REFIT_AT[done]:.0%} spent at step {self.step}, at a speed that fits {steps} "
@@ -640,10 +705,13 @@ class Trainer:
         self.set_total_steps(self.step)
 
     def set_total_steps(self, steps: int) -> None:
-        """Fix the run's length (a fitted time budget): the LR schedule, config.json, the bar."""
+        """Fix the run's length (a fitted time budget; rank 0's on every rank): the LR schedule,
+        config.json, the bar."""
+        steps = self.world.broadcast(steps)
         self.total_steps = steps
         self.cfg = self.cfg.replace(steps=steps)
-        atomic_write(self.out / "config.json", lambda tmp: tmp.write_text(self.cfg.to_json() + "\n"))
+        if self.world.main:
+            atomic_write(self.out / "config.json", lambda tmp: tmp.write_text(self.cfg.to_json() + "\n"))
         if self.bar is not None:
             self.bar.total = steps
             self.bar.refresh()
@@ -656,9 +724,8 @@ class Trainer:
         x0, labels = self.data.batch(indices, generator=flips, device=self.device)
         x0 = x0.contiguous(memory_format=torch.channels_last) if x0.shape[1] > 1 else x0
         self.epoch_ended = self.batcher.epoch > epoch
-        loss = self.loss(x0, labels, indices)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = self.backward(x0, labels, indices)
         clip = self.cfg.grad_clip
         norm = nn.utils.clip_grad_norm_(self.net.parameters(), clip) if clip > 0 else None
         if self.nonfinite(loss, norm):
@@ -673,25 +740,60 @@ class Trainer:
         self.ema.update(self.net)
         self.step += 1
 
+    def backward(self, x0: Tensor, labels: Tensor | None, indices: Tensor) -> Tensor:
+        """Backpropagate the loss of the global batch (x0, labels, indices), or of this rank's
+        rows of it as ``grad_accum`` micro-batches (see the module docstring); return the global
+        batch's mean loss (on every rank)."""
+        if self.ddp is None and self.grad_accum == 1:
+            loss = self.loss(x0, labels, indices)
+            loss.backward()
+            return loss.detach()
+        b, size = x0.shape[0], self.world.size
+        parts = micro_batches(b, self.world.rank, size, self.grad_accum)
+        if self.ddp is not None:  # the network's dropout: no per-rank RNG state to save
+            torch.manual_seed(seed_from(self.cfg.seed, self.step, self.world.rank))
+        start = self.gen.get_state()
+        total = torch.zeros((), device=self.device)
+        self.whole = (labels, indices)
+        try:
+            for k, rows in enumerate(parts):
+                self.gen.set_state(start)  # every micro-batch replays the step's draws, keeping its rows
+                self.rows = rows
+                last = k == len(parts) - 1
+                with nullcontext() if last or self.ddp is None else self.ddp.no_sync():  # type: ignore[operator]
+                    loss = self.loss(x0[rows], None if labels is None else labels[rows], indices[rows])
+                    n = rows.stop - rows.start
+                    (loss * (size * n / b)).backward()
+                total += loss.detach().float() * (n / b)
+        finally:
+            self.rows, self.whole = None, None
+        return self.world.sum(total)
+
     def loss(self, x0: Tensor, labels: Tensor | None, indices: Tensor | None = None) -> Tensor:
         """The training loss of one batch, with timesteps, noise, label dropout and captions from
-        ``gen``; ``indices`` (into the data) pick the captions of a captions file."""
+        ``gen``; ``indices`` (into the data) pick the captions of a captions file. Inside
+        :meth:`backward`'s micro-batches, ``x0`` holds the rows ``self.rows`` of the global batch,
+        whose draws are made in full and cut to those rows."""
         cfg, device, gen = self.cfg, self.device, self.gen
         b = x0.shape[0]
-        t = torch.randint(0, cfg.T, (b,), generator=gen).to(device)
-        noise = torch.randn(x0.shape, generator=gen).to(device)
+        rows, n = (slice(None), b)
+        if self.whole is not None and self.rows is not None:
+            rows, n = self.rows, len(self.whole[1])
+        t = torch.randint(0, cfg.T, (n,), generator=gen)[rows].to(device)
+        noise = torch.randn((n, *x0.shape[1:]), generator=gen)[rows].to(device)
         cond = None
         if self.num_classes and labels is not None:
-            drop = torch.rand(b, generator=gen).to(device) < cfg.cond_drop
+            drop = torch.rand(n, generator=gen)[rows].to(device) < cfg.cond_drop
             cond = {"class_labels": torch.where(drop, self.num_classes, labels)}
         elif self.captions is not None:
-            cond = {"context": self.captions.draw(b, labels, indices, cfg.cond_drop, gen)}
+            all_labels, all_indices = (labels, indices) if self.whole is None else self.whole
+            cond = {"context": self.captions.draw(n, all_labels, all_indices, cfg.cond_drop, gen)[rows]}
         elif self.lowres is not None:
-            drop = torch.rand(b, generator=gen).to(device) < cfg.cond_drop if cfg.cond_drop else None
+            drop = torch.rand(n, generator=gen)[rows].to(device) < cfg.cond_drop if cfg.cond_drop else None
             cond = self.lowres.training(x0, drop)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.use_autocast):
             if cfg.objective == "corrupt":
-                amount = torch.rand(b, generator=gen).to(device)
+                amount = torch.rand(n, generator=gen)[rows].to(device)
                 return corrupt_loss(self.model, x0, amount, torch.special.ndtr(noise), cfg.loss)
             return diffusion_loss(
                 self.model,
@@ -762,8 +864,8 @@ class Trainer:
         self.bar.update(1)
         if self.due(cfg.checkpoint_every):
             self.read_losses()
-            self.checkpoint()
-        if self.due(cfg.sample_every):
+            self.save()
+        if self.due(cfg.sample_every) and self.world.main:  # the others wait at the next collective
             with forked_rng(self.device):
                 self.sample_grid()
             self.net.train()
@@ -794,6 +896,8 @@ class Trainer:
         self.window_t = now
 
     def write_record(self, record: dict[str, Any]) -> None:
+        if not self.world.main:
+            return
         assert self.log_file is not None, "records are written inside Trainer.outputs()"
         self.log_file.write(json.dumps(record) + "\n")
         self.log_file.flush()
@@ -807,7 +911,8 @@ class Trainer:
         if self.cfg.keep_best and self.epoch_losses.is_best(loss):
             self.epoch_losses.best = {"epoch": epoch, "step": self.step, "loss": loss}
             metadata = {k: repr(v) for k, v in self.epoch_losses.best.items()}
-            save_weights(self.ema.model.state_dict(), self.out / BEST_WEIGHTS, metadata)
+            if self.world.main:
+                save_weights(self.ema.model.state_dict(), self.out / BEST_WEIGHTS, metadata)
             record["best"] = True
             self.log(f"epoch {epoch}: mean loss {loss:.5f}, the lowest so far: wrote {BEST_WEIGHTS}")
         self.write_record(record)
@@ -845,10 +950,13 @@ class Trainer:
         self.read_losses()
         self.last_loss = self.window[-1] if self.window else self.last_loss
         saved = list_checkpoints(self.ckpt_dir)
-        if not saved or saved[-1][0] != self.step:
-            self.checkpoint()
+        # A kill between the last checkpoint and its weights leaves model.safetensors a step behind.
+        stale = self.world.main and weights_step(self.out / FINAL_WEIGHTS) != self.step
+        if self.world.agree(not saved or saved[-1][0] != self.step or stale):
+            self.save()
         seconds = self.elapsed()
-        self.plot_logs()
+        if self.world.main:
+            self.plot_logs()
         ips = 0.0 if seconds == 0 else self.step * self.cfg.batch_size / seconds
         return TrainResult(self.out, self.step, self.last_loss, seconds, ips)
 
@@ -873,9 +981,15 @@ def train(
     max_seconds: float | None = None,
     on_step: OnStep | None = None,
     skip_nonfinite: bool = False,
+    grad_accum: int = 1,
 ) -> TrainResult:
     """Train ``config`` into the run folder ``out`` (see the README for its layout), holding its
     lock (:mod:`difflab.train.lock`: a second writer is refused).
+
+    Inside a process group (torchrun and :func:`difflab.train.distributed.process_group`) every
+    rank calls this: ``config.batch_size`` is the global batch, split over the ranks; rank 0
+    writes and logs (``log`` and ``on_step`` run there only). ``grad_accum`` splits each rank's
+    share in that many micro-batches; neither changes the result beyond floating-point rounding.
 
     ``max_seconds`` stops early (with a checkpoint) once that much training time has passed: for
     equal-time comparisons in benchmarks. ``on_step(step, seconds, ema_model)`` is called after
@@ -883,33 +997,62 @@ def train(
     ``skip_nonfinite`` skips (and counts) steps whose loss or gradients are NaN/inf instead of
     stopping there."""
     out = Path(out)
+    here = world()
     device = resolve_device(config.device)
+    if here.distributed:
+        from difflab.train.distributed import device_for
+
+        device = device_for(device)
+    if not here.main:
+        log, progress = _silent, False
+    if grad_accum < 1:
+        raise ValueError(f"--grad-accum must be at least 1, got {grad_accum}")
     cfg, data = prepare_data(config, log)
-    with run_lock(out):
-        if resume:
-            check_same_autoencoder(cfg, out)
-        write_run_config(cfg, out, resume)
-        if cfg.latent:
-            keep_autoencoder(cfg, out)
+    with run_lock(out) if here.main else nullcontext():
+
+        def prepare_folder() -> None:
+            if resume:
+                check_same_autoencoder(cfg, out)
+            write_run_config(cfg, out, resume)
+            if cfg.latent:
+                keep_autoencoder(cfg, out)
+
+        here.run_on_main(prepare_folder)
         trainer = Trainer(cfg, data, out, device, log)
         trainer.skip_nonfinite = skip_nonfinite
+        trainer.grad_accum = grad_accum
         return drive(trainer, resume=resume, progress=progress, max_seconds=max_seconds, on_step=on_step)
+
+
+def _silent(_: str) -> None:
+    """The log of ranks other than 0."""
 
 
 def drive(trainer: Trainer, *, resume: bool, progress: bool, max_seconds: float | None,
           on_step: OnStep | None, note: str | None = None) -> TrainResult:
     """Resume ``trainer`` if asked, log ``note`` and the run's description, train it to the end
     (or ``max_seconds``) and finish, holding the run folder's lock: the part every kind of
-    training run shares."""
-    with run_lock(trainer.out):
-        if resume:
-            trainer.resume()
-        if note is not None:
-            trainer.log(note)
-        trainer.describe()
+    training run shares. With many processes only rank 0 holds the lock, and a lost peer (dead,
+    or hung past the timeout) stops every rank with a :class:`TrainingError` naming the last
+    checkpoint."""
+    with run_lock(trainer.out) if trainer.world.main else nullcontext():
         try:
+            trainer.distribute()
+            if resume:
+                trainer.resume()
+            if note is not None:
+                trainer.log(note)
+            trainer.describe()
             with trainer.outputs(progress):
                 trainer.run(max_seconds, on_step)
+            return trainer.finish()
         except CheckpointError as err:
             raise TrainingError(str(err)) from err
-        return trainer.finish()
+        except RuntimeError as err:
+            lost = trainer.world.distributed and is_collective_failure(err)
+            if isinstance(err, TrainingError) or not lost:
+                raise
+            last = list_checkpoints(trainer.ckpt_dir)
+            where = f"the last checkpoint is {last[-1][1]}" if last else "no checkpoint was written yet"
+            raise TrainingError(f"{lost_message(err.__cause__ or err)}; {where}: continue with --resume, on "
+                                "any number of processes") from err
