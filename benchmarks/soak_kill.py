@@ -40,6 +40,7 @@ def soak(kills: int, seed: int, root: Path) -> tuple[Counter[str], list[str]]:
     counts: Counter[str] = Counter()
     failures: list[str] = []
     had_checkpoint = False
+    history: list[str] = []  # the kills since the last resume to the end, for a failure's report
     round_no = 0
     while counts["kills"] < kills:
         round_no += 1
@@ -63,7 +64,8 @@ def soak(kills: int, seed: int, root: Path) -> tuple[Counter[str], list[str]]:
                 counts["runs that ended before the pause"] += 1
         else:
             session.wait_for("wrote.config.json.1")
-            session.process.join(rng.uniform(0.0, 2.0))
+            delay = rng.uniform(0.0, 2.0)
+            session.process.join(delay)
         if session.kill():
             counts["kills"] += 1
             if pause is None:
@@ -76,6 +78,8 @@ def soak(kills: int, seed: int, root: Path) -> tuple[Counter[str], list[str]]:
             shutil.rmtree(run, ignore_errors=True)  # start over: a finished run has nothing left to kill
             had_checkpoint = False
             continue
+        marks = sorted(p.name for p in session.marks.iterdir())
+        history.append(f"{pause or f'random after {delay:.2f} s'} from step {last}: wrote {', '.join(marks)}")
         had_checkpoint = had_checkpoint or bool(kh_list(run))
         problems = kh.check_run_folder(run, had_checkpoint)
         if problems:
@@ -92,11 +96,12 @@ def soak(kills: int, seed: int, root: Path) -> tuple[Counter[str], list[str]]:
             diff = kh.same_weights(ref, run)
             if diff:
                 failures.append(f"after kill {counts['kills']}: weights differ from the uninterrupted run "
-                                f"({', '.join(diff[:3])})")
+                                f"({', '.join(diff[:3])}); the kills: " + " | ".join(history))
             if kh.temp_files(run):
                 failures.append(f"after kill {counts['kills']}: temporary files left: {kh.temp_files(run)}")
             shutil.rmtree(run)
             had_checkpoint = False
+            history.clear()
     return counts, failures
 
 

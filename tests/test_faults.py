@@ -80,7 +80,8 @@ def test_sigkill_anywhere_then_resume_ends_bit_identical(data, tmp_path):
         ("model.safetensors", 2, True),  # the weights half written
         ("config.json", 1, True),  # the config rewritten on --resume, half written
         ("step_0000016.pt", 1, True),  # a checkpoint half written, older ones to fall back on
-        "random", "random",
+        ("model.safetensors", 3, False),  # the last step's weights, after its checkpoint (resumed at 12)
+        "random",
     ]
     had_checkpoint = False
     for i, where in enumerate(plan):

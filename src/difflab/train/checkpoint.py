@@ -29,6 +29,7 @@ __all__ = [
     "prune_checkpoints",
     "save_checkpoint",
     "save_weights",
+    "weights_step",
 ]
 
 
@@ -42,7 +43,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        why = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()  # torch colours some messages
+        why = text.splitlines()[0][:160] if text else type(err).__name__
         raise CheckpointError(
             f"checkpoint {path} is unreadable ({type(err).__name__}: {why}); delete it to resume from the "
             "one before"
@@ -80,6 +82,18 @@ def load_latest_checkpoint(folder: str | Path, log: Callable[[str], None] = prin
         raise CheckpointError(f"no checkpoint in {folder} is readable (moved aside as *{UNREADABLE}); "
                               "start over in a new --out, or restore them from a copy")
     return None
+
+
+def weights_step(path: str | Path) -> int | None:
+    """The ``step`` a weights file's metadata names (None: no such file, unreadable, or no step),
+    read from the safetensors header without loading the tensors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return int((fh.metadata() or {})["step"])
+    except Exception:  # missing, truncated, not safetensors, no or odd step: the caller rewrites it
+        return None
 
 
 _STEP = re.compile(r"step_(\d+)\.pt$")
