@@ -31,6 +31,7 @@ from difflab.interop.scheduler_config import (  # noqa: E402
 from difflab.interop.unet_convert import check_equal, convert_unet  # noqa: E402
 from difflab.io import save_weights  # noqa: E402
 from difflab.nets import DiffusersUNetConfig, MyUNetConfig, UNet, UNetConfig, build_net  # noqa: E402
+from difflab.nets.autoencoder import AutoencoderConfig, AutoencoderKL  # noqa: E402
 from difflab.run_config import TrainConfig  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -404,11 +405,13 @@ def test_export_errors_are_one_line(runs, tmp_path, capsys):
         ((runs["unet"], nonempty), "not empty"),
         ((myunet, tmp_path / "o2"), "--net myunet has no diffusers UNet2DModel form"),
         ((text, tmp_path / "o3"), "conditioned on text"),
-        ((latent, tmp_path / "o6"), "is a latent run"),
+        ((latent, tmp_path / "o6"), "if the run's autoencoder moved, give it with --autoencoder PATH"),
+        ((runs["unet"], tmp_path / "o7", "--autoencoder", tmp_path / "vae"), "not a latent run"),
         ((runs["unet"], tmp_path / "o4", "--weights", "best"), "has no best.safetensors"),
         ((runs["unet"], tmp_path / "o5", "--weights", "raw"), "no checkpoints"),
     ]
-    runtime = {"has no config.json", "has no best.safetensors", "no checkpoints"}  # files missing: status 1
+    runtime = {"has no config.json", "has no best.safetensors", "no checkpoints",  # files missing: status 1
+               "if the run's autoencoder moved, give it with --autoencoder PATH"}
     for args, message in cases:
         code, _, err = cli(capsys, "export", *args, "--to", "diffusers")
         status = 1 if message in runtime else 2
@@ -590,3 +593,130 @@ def test_a_folder_that_is_not_a_pipeline_is_a_one_line_error(tmp_path, capsys):
         code, _, err = cli(capsys, "sample", source, "--n", "1", "--out", tmp_path / "x.png")
         assert code == 2 and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "x.png").exists()
+
+
+# ---- latent runs: the autoencoder as diffusers' AutoencoderKL in vae/ ------------------------------
+TINY_AE = AutoencoderConfig(in_channels=1, latent_channels=2, channels=(8, 16), groups=4)
+LATENT_UNET = TINY_UNET.replace(in_channels=2, image_size=4)
+
+# samples every exported folder named on the command line with diffusers itself, trusting its
+# pipeline_difflab.py; one process for all (importing diffusers is the slow part)
+SAMPLE_CUSTOM = """
+import json, sys, numpy as np, torch
+from diffusers import DiffusionPipeline
+for job in json.loads(sys.argv[1]):
+    try:
+        DiffusionPipeline.from_pretrained(job["folder"])
+        print("LOADED WITHOUT TRUST")
+    except ValueError as err:
+        print("refused:", "trust_remote_code" in str(err))
+    pipe = DiffusionPipeline.from_pretrained(job["folder"], trust_remote_code=True)
+    pipe.set_progress_bar_config(disable=True)
+    print(type(pipe).__name__)
+    gens = [torch.Generator().manual_seed(i) for i in range(job["n"])]
+    out = pipe(generator=gens, output_type="np", **job["kwargs"])
+    np.save(job["out"], out.images)
+"""
+
+
+def sample_custom(tmp_path: Path, jobs: list[dict]) -> list[np.ndarray]:
+    """diffusers' images of each job ({"folder", "n", "kwargs"}), loaded with trust_remote_code in a
+    fresh process whose module cache lies in tmp_path."""
+    for i, job in enumerate(jobs):
+        job.update(folder=str(job["folder"]), out=str(tmp_path / f"custom{i}.npy"))
+    env = {**ENV, "HF_HOME": str(tmp_path / "hf"), "HF_MODULES_CACHE": str(tmp_path / "hf" / "modules")}
+    r = subprocess.run([sys.executable, "-c", SAMPLE_CUSTOM, json.dumps(jobs)], capture_output=True,
+                       text=True, env=env, check=False, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("refused: True") == len(jobs) and "LOADED WITHOUT TRUST" not in r.stdout, r.stdout
+    return [np.load(job["out"]) for job in jobs]
+
+
+def make_latent_run(root: Path, name: str, diffusers_ae: bool = False, **fields) -> Path:
+    """A latent run on a tiny autoencoder: difflab's (with a shift, as --latent-shift stores) or a
+    diffusers AutoencoderKL with its own scaling_factor."""
+    from difflab.latent.space import save_autoencoder, weights_digest
+
+    if diffusers_ae:
+        torch.manual_seed(0)
+        vae = perturbed(diffusers.AutoencoderKL(in_channels=1, out_channels=1, latent_channels=2,
+                                                block_out_channels=(8, 16), norm_num_groups=4,
+                                                down_block_types=("DownEncoderBlock2D",) * 2,
+                                                up_block_types=("UpDecoderBlock2D",) * 2,
+                                                scaling_factor=1.7), seed=4, scale=0.1)
+        vae.save_pretrained(root / f"{name}-vae")
+        file = root / f"{name}-vae" / "diffusion_pytorch_model.safetensors"
+        spec = f"diffusers:{file.parent}"
+    else:
+        ae = perturbed(AutoencoderKL(TINY_AE), seed=3, scale=0.1)
+        file = save_autoencoder(ae, root / f"{name}-ae.safetensors", 0.8, 0.3)
+        spec = str(file)
+    net = LATENT_UNET.replace(**fields.pop("net", {}))
+    return make_run(root / name, net, latent=spec, latent_digest=weights_digest(file), sample_clip=False,
+                    **fields)
+
+
+@pytest.mark.parametrize("cfg", [
+    TINY_AE,
+    AutoencoderConfig(in_channels=3, latent_channels=4, channels=(8, 8, 16), res_blocks=2, groups=4,
+                      mid_attention=False),
+])
+def test_converted_autoencoder_encodes_and_decodes_alike(cfg):
+    from difflab.interop.vae_convert import convert_vae
+
+    ae = perturbed(AutoencoderKL(cfg), seed=2, scale=0.1)
+    vae = convert_vae(ae, 16, 0.5, -0.25, check=False)
+    assert (vae.config.scaling_factor, vae.config.shift_factor) == (0.5, -0.25)
+    gen = torch.Generator().manual_seed(7)
+    x = torch.rand(3, cfg.in_channels, 16, 16, generator=gen) * 2 - 1
+    ours, theirs = ae.encode(x), vae.encode(x).latent_dist
+    torch.testing.assert_close(theirs.mean, ours.mean, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(theirs.logvar, ours.logvar, atol=1e-5, rtol=1e-4)
+    z = torch.randn(3, cfg.latent_channels, 16 // cfg.factor, 16 // cfg.factor, generator=gen)
+    torch.testing.assert_close(vae.decode(z).sample, ae.decode(z), atol=1e-5, rtol=1e-4)
+
+
+def test_autoencoder_conversion_check_and_refusal():
+    from difflab.interop.vae_convert import check_vae_equal, convert_vae
+
+    ae = perturbed(AutoencoderKL(TINY_AE), seed=2, scale=0.1)
+    for part in ("quant_conv", "post_quant_conv"):  # the encoder's and the decoder's side
+        vae = convert_vae(ae, 8, 1.0)
+        with torch.no_grad():
+            getattr(vae, part).bias[0] += 1e-3
+        with pytest.raises(ValueError, match="differs from the autoencoder"):
+            check_vae_equal(ae, vae, 8)
+    with pytest.raises(ValueError, match="groups=4 does not divide the widths \\[6\\]"):
+        convert_vae(AutoencoderKL(TINY_AE.replace(channels=(6, 16))), 8, 1.0)
+
+
+def test_latent_exports_sample_like_difflabs_ddim_in_diffusers_and_back(tmp_path):
+    import difflab
+    from difflab.interop.export import export_run
+
+    plain = make_latent_run(tmp_path, "plain")
+    classes = make_latent_run(tmp_path, "classes", diffusers_ae=True, net={"num_classes": 3}, cond="class",
+                              class_names=("a", "b", "c"), prediction="eps", schedule="linear")
+    before = {run: digest(run) for run in (plain, classes)}
+    for run in (plain, classes):
+        report = export_run(run, tmp_path / f"{run.name}-out")
+        assert report.pipeline_class == "DifflabClassPipeline" and report.needs_trust_remote_code
+    assert "the run's own diffusers AutoencoderKL" in report.exact  # the last: copied as is
+    vae_cfg = json.loads((tmp_path / "plain-out" / "vae" / "config.json").read_text())
+    assert (vae_cfg["scaling_factor"], vae_cfg["shift_factor"]) == (0.8, 0.3)
+    assert json.loads((tmp_path / "classes-out" / "vae" / "config.json").read_text())["scaling_factor"] == 1.7
+    assert {run: digest(run) for run in (plain, classes)} == before
+    theirs = sample_custom(tmp_path, [
+        {"folder": tmp_path / "plain-out", "n": 3, "kwargs": {"batch_size": 3, "num_inference_steps": 4}},
+        {"folder": tmp_path / "classes-out", "n": 3,
+         "kwargs": {"class_labels": [0, 2, 1], "guidance_scale": 2.5, "num_inference_steps": 4}},
+    ])
+    cases = [(plain, {}), (classes, {"class_labels": [0, 2, 1], "guidance": 2.5})]
+    for (run, kwargs), images in zip(cases, theirs, strict=True):
+        ours = difflab.load(run, device="cpu").sample(3, sampler="ddim", steps=4, eta=0.0, seed=0, **kwargs)
+        assert images.shape == (3, 8, 8, 1) and float(ours.std()) > 0.05
+        np.testing.assert_allclose(images, as_np(ours), atol=1e-4)
+        back = difflab.load(f"diffusers:{tmp_path / f'{run.name}-out'}", device="cpu")  # a latent Pipeline
+        assert back.latent is not None and back.config.latent.endswith("vae")
+        torch.testing.assert_close(back.sample(3, sampler="ddim", steps=4, seed=0, **kwargs), ours, atol=1e-4,
+                                   rtol=0)

@@ -14,7 +14,8 @@ from difflab.cli.args import with_default
 def cmd_export(args: argparse.Namespace) -> None:
     from difflab.interop.export import export_run
 
-    report = export_run(args.run, args.out, weights=args.weights, scheduler=args.scheduler, to=args.to)
+    report = export_run(args.run, args.out, weights=args.weights, scheduler=args.scheduler, to=args.to,
+                        autoencoder=args.autoencoder)
     for line in report.lines():
         print(line)
 
@@ -33,4 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scheduler", choices=SCHEDULER_CHOICES,
                    help="the scheduler and pipeline: ddim (DDIMPipeline) or ddpm (DDPMPipeline) "
                    "(default: the run's: ddpm for runs that sample with ddpm, ddim otherwise)")
+    p.add_argument("--autoencoder", metavar="PATH",
+                   help="a latent run's autoencoder, when it moved since training (checked against the "
+                   "run's digest; default: the run's own copy, else where training found it)")
     p.set_defaults(func=cmd_export)

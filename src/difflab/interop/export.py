@@ -8,7 +8,12 @@ network access:
 - class-conditional runs: no standard diffusers pipeline takes class labels for a UNet2DModel, so
   the folder holds ``pipeline_difflab.py`` (:mod:`difflab.interop.pipeline_difflab`, torch and
   diffusers only) named in ``model_index.json``; diffusers runs it only with
-  ``trust_remote_code=True``.
+  ``trust_remote_code=True``;
+- latent runs (``--latent``): the same custom pipeline with ``vae/``, a diffusers ``AutoencoderKL``
+  (difflab's autoencoder converted by :mod:`~difflab.interop.vae_convert` and checked by equal
+  encode/decode outputs, or the run's diffusers one copied) whose ``scaling_factor`` and
+  ``shift_factor`` are the run's: the UNet denoises z = (mean - shift) * scale, and the pipeline
+  decodes ``vae.decode(z / scaling_factor + shift_factor)``, with no x_0 clipping in latent space.
 
 The network: ``--net diffusers-unet`` runs export their UNet2DModel itself (bit-exact); difflab's
 own UNet is converted (:func:`~difflab.interop.unet_convert.convert_unet`) and the conversion is
@@ -115,7 +120,7 @@ def run_weights(run: Path, weights: str) -> tuple[dict[str, torch.Tensor], str]:
     return load_weights(run / name), name
 
 
-def _unet2d(net: Any, config: Any) -> tuple[Any, str, float]:
+def _unet2d(net: Any, config: Any, image_size: int) -> tuple[Any, str, float]:
     """The UNet2DModel of a run's network, a line on how exact it is, and the measured difference."""
     from difflab.interop.unet_convert import check_convertible, check_equal, convert_unet
     from difflab.nets import DiffusersUNet, UNet
@@ -124,7 +129,7 @@ def _unet2d(net: Any, config: Any) -> tuple[Any, str, float]:
         unet = copy.deepcopy(net.inner).eval()
         return unet, "the run's own UNet2DModel (--net diffusers-unet): exact, same weights", 0.0
     if isinstance(net, UNet):
-        size = check_convertible(net.config, config.data.image_size)
+        size = check_convertible(net.config, image_size)
         unet = convert_unet(net, size, check=False)
         diff = check_equal(net, unet, size)
         return unet, (f"difflab UNet converted to UNet2DModel(resnet_time_scale_shift='scale_shift'); "
@@ -132,6 +137,50 @@ def _unet2d(net: Any, config: Any) -> tuple[Any, str, float]:
     kind = getattr(config.net, "kind", None) or config.net_kind
     raise ValueError(f"--net {kind} has no diffusers UNet2DModel form; export runs of --net unet or "
                      "--net diffusers-unet")
+
+
+def run_latent_space(run: Path, config: Any, autoencoder: str | Path | None = None) -> Any:
+    """A latent run's :class:`~difflab.latent.LatentSpace`: ``autoencoder`` when given, else the
+    run's own copy, else ``config.latent``; refused unless it is the one the run was trained with."""
+    from difflab.latent import load_latent_space
+    from difflab.latent.space import RUN_COPY
+
+    source: str | Path = autoencoder if autoencoder is not None else (
+        run / RUN_COPY if (run / RUN_COPY).is_file() else config.latent)
+    try:
+        space = load_latent_space(source)
+    except OSError as err:
+        raise CheckpointError(f"the run's autoencoder {source} is unreadable ({err}); give it with "
+                              "--autoencoder PATH") from err
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}; if the run's autoencoder moved, give it with --autoencoder "
+                              "PATH") from err
+    if config.latent_digest and space.digest != config.latent_digest:
+        raise CheckpointError(f"the autoencoder {source} is {space.digest}, but the run was trained with "
+                              f"{config.latent_digest}; give the one it was trained with (--autoencoder)")
+    return space
+
+
+def _vae(space: Any, image_size: int) -> tuple[Any, str, float]:
+    """A diffusers AutoencoderKL of a latent space, with its scaling in the config; how exact it
+    is, and the measured difference."""
+    from difflab.interop.vae_convert import check_vae_equal, convert_vae
+    from difflab.nets.autoencoder import AutoencoderKL
+    from difflab.nets.diffusers_autoencoder import DiffusersAutoencoder
+
+    ae = space.autoencoder
+    if isinstance(ae, DiffusersAutoencoder):
+        vae = copy.deepcopy(ae.inner).eval()
+        vae.register_to_config(scaling_factor=float(space.scale_factor),
+                               shift_factor=float(space.shift_factor))
+        return vae, "the run's own diffusers AutoencoderKL: exact, same weights", 0.0
+    if isinstance(ae, AutoencoderKL):
+        vae = convert_vae(ae, image_size, space.scale_factor, space.shift_factor, check=False)
+        diff = check_vae_equal(ae, vae, image_size)
+        return vae, (f"difflab autoencoder converted to AutoencoderKL; encode/decode equal to {diff:.1e} "
+                     "(relative)"), diff
+    raise ValueError(f"the autoencoder {space.source} ({type(ae).__name__}) has no diffusers AutoencoderKL "
+                     "form")
 
 
 def _check_schedule(scheduler: Any, config: Any) -> None:
@@ -154,7 +203,7 @@ def _check_out(run: Path, out: Path) -> None:
 
 
 def export_run(run: str | Path, out: str | Path, *, weights: str = "ema", scheduler: str | None = None,
-               to: str = "diffusers") -> ExportReport:
+               to: str = "diffusers", autoencoder: str | Path | None = None) -> ExportReport:
     """Write ``run`` as a diffusers pipeline folder ``out`` (see the module docs)."""
     from difflab.nets import build_net
 
@@ -169,12 +218,11 @@ def export_run(run: str | Path, out: str | Path, *, weights: str = "ema", schedu
     if config.objective != "diffusion":
         raise ValueError(f"{run} was trained with --objective {config.objective} (seed 003's mixing model), "
                          "which is not a diffusion model; diffusers has no pipeline for it")
-    if getattr(config, "latent", None):
-        raise ValueError(f"{run} is a latent run (its network denoises autoencoder latents); difflab "
-                         "exports pixel-space runs only")
     if config.cond in ("text", "lowres"):
         raise ValueError(f"{run} is conditioned on {config.cond} (--cond {config.cond}); difflab exports "
                          "unconditional and class-conditional runs only")
+    if autoencoder is not None and not config.latent:
+        raise ValueError(f"{run} is not a latent run; it takes no --autoencoder")
     net = build_net(config.net)
     state, source = run_weights(run, weights)
     try:
@@ -182,7 +230,14 @@ def export_run(run: str | Path, out: str | Path, *, weights: str = "ema", schedu
     except RuntimeError as err:
         raise CheckpointError(f"{run / source} does not fit the network in config.json") from err
     net.eval()
-    unet, exact, diff = _unet2d(net, config)
+    size = config.data.image_size
+    space = vae = None
+    vae_exact, vae_diff = "", 0.0
+    if config.latent:
+        space = run_latent_space(run, config, autoencoder)
+        vae, vae_exact, vae_diff = _vae(space, size)
+        size //= space.factor
+    unet, exact, diff = _unet2d(net, config, size)
 
     import diffusers
 
@@ -195,10 +250,11 @@ def export_run(run: str | Path, out: str | Path, *, weights: str = "ema", schedu
     _check_schedule(sched, config)
 
     conditional = bool(getattr(net, "num_classes", 0))
+    custom = conditional or vae is not None
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        if conditional:
+        if custom:
             pipeline_class = CUSTOM_CLASS
             unet.save_pretrained(tmp / "unet", safe_serialization=True)
             sched.save_pretrained(tmp / "scheduler")
@@ -206,6 +262,9 @@ def export_run(run: str | Path, out: str | Path, *, weights: str = "ema", schedu
             index = {"_class_name": [CUSTOM_MODULE, CUSTOM_CLASS],
                      "_diffusers_version": diffusers.__version__,
                      "scheduler": ["diffusers", class_name], "unet": ["diffusers", "UNet2DModel"]}
+            if vae is not None:
+                vae.save_pretrained(tmp / "vae", safe_serialization=True)
+                index["vae"] = ["diffusers", "AutoencoderKL"]
             (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         else:
             cls = diffusers.DDPMPipeline if class_name == "DDPMScheduler" else diffusers.DDIMPipeline
@@ -222,29 +281,43 @@ def export_run(run: str | Path, out: str | Path, *, weights: str = "ema", schedu
             "pipeline_class": pipeline_class,
             "run_config": config.to_dict(),
         }
+        if space is not None:
+            record["latent"] = {"autoencoder": vae_exact, "max_difference": vae_diff,
+                                "scale_factor": float(space.scale_factor),
+                                "shift_factor": float(space.shift_factor)}
         (tmp / SIDECAR).write_text(json.dumps(record, indent=2) + "\n")
-        (tmp / "README.md").write_text(_readme(run, pipeline_class, class_name, weights, exact, conditional))
+        (tmp / "README.md").write_text(_readme(run, pipeline_class, class_name, weights, exact, conditional,
+                                               None if space is None else vae_exact))
         if out.exists():
             out.rmdir()
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return ExportReport(out, pipeline_class, class_name, weights, exact, diff, conditional)
+    if space is not None:
+        exact = f"{exact}; autoencoder: {vae_exact}"
+    return ExportReport(out, pipeline_class, class_name, weights, exact, max(diff, vae_diff),
+                        custom)
 
 
-def _readme(run: Path, pipeline: str, scheduler: str, weights: str, exact: str, conditional: bool) -> str:
-    load = ("pipe = DiffusionPipeline.from_pretrained(OUT, trust_remote_code=True)"
-            "  # runs pipeline_difflab.py\n"
-            "images = pipe(class_labels=[0, 1, 2], guidance_scale=3.0, num_inference_steps=50).images"
-            if conditional else
+def _readme(run: Path, pipeline: str, scheduler: str, weights: str, exact: str, conditional: bool,
+            autoencoder: str | None) -> str:
+    custom = conditional or autoencoder is not None
+    call = ("images = pipe(class_labels=[0, 1, 2], guidance_scale=3.0, num_inference_steps=50).images"
+            if conditional else "images = pipe(batch_size=4, num_inference_steps=50).images")
+    load = (("pipe = DiffusionPipeline.from_pretrained(OUT, trust_remote_code=True)"
+             "  # runs pipeline_difflab.py\n" + call) if custom else
             "pipe = DiffusionPipeline.from_pretrained(OUT)\n"
             "images = pipe(num_inference_steps=50"
             + (", use_clipped_model_output=True" if scheduler == "DDIMScheduler" else "") + ").images")
+    latent = ("" if autoencoder is None else
+              f"Autoencoder (`vae/`): {autoencoder}. The UNet denoises latents z = (mean - shift_factor) * "
+              "scaling_factor; the pipeline decodes `vae.decode(z / scaling_factor + shift_factor)`.\n")
     return (f"# difflab export of {run.name}\n\n"
             f"A diffusers pipeline ({pipeline}, {scheduler}) written by `difflab export` from {weights} "
             "weights.\n"
-            f"Network: {exact}.\n\n```python\nfrom diffusers import DiffusionPipeline\n{load}\n```\n\n"
+            f"Network: {exact}.\n{latent}\n"
+            f"```python\nfrom diffusers import DiffusionPipeline\n{load}\n```\n\n"
             "With DDIMScheduler, `use_clipped_model_output=True` re-derives eps from the clipped x_0 as "
             "difflab's DDIM does (it matters only with clip_sample). `difflab.json` holds the run's config; "
             "`difflab sample diffusers:OUT` samples the folder with difflab.\n")

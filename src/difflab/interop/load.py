@@ -15,8 +15,11 @@ only: pickled ``.bin`` weights can run code and are refused) and ``scheduler/sch
 difflab cannot honour). A folder written by ``difflab export`` also holds ``difflab.json`` (the run's
 config), which restores the run's data, classes and sampling recipe. Nothing is downloaded.
 
+A ``vae/`` (``AutoencoderKL``) makes it a latent pipeline: the run config's ``latent`` names it
+(``diffusers:DIR/vae``), and its own ``scaling_factor`` / ``shift_factor`` scale the latents.
+
 Refused with a one-line error: a folder that is not a pipeline, missing weights, a component
-difflab would have to ignore (a VAE, a text encoder), ``UNet2DConditionModel`` (text-conditional
+difflab would have to ignore (a text encoder), ``UNet2DConditionModel`` (text-conditional
 diffusers pipelines condition through their own text encoder, which difflab does not run yet).
 """
 
@@ -46,6 +49,7 @@ class Imported:
     schedule: NoiseSchedule
     folder: Path
     scheduler: ImportedSchedule
+    latent: Any = None  # a latent pipeline's LatentSpace (its vae and scaling), else None
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -121,6 +125,21 @@ def load_unet(folder: Path) -> Any:
     return unet.eval()
 
 
+def load_vae(folder: Path, class_name: str) -> Any:
+    """The ``AutoencoderKL`` in ``folder/vae`` with its ``scaling_factor`` and ``shift_factor`` as a
+    :class:`~difflab.latent.LatentSpace` (safetensors only, no network access)."""
+    from difflab.latent import load_latent_space
+
+    if class_name != "AutoencoderKL":
+        raise ValueError(f"{folder}: vae class {class_name!r} has no difflab mapping; difflab decodes "
+                         "latents with an AutoencoderKL")
+    vae_dir = folder / "vae"
+    if not (vae_dir / WEIGHTS).is_file():
+        raise CheckpointError(f"{vae_dir} has no weights file {WEIGHTS} (pickled .bin weights are not "
+                              "read); the export is incomplete")
+    return load_latent_space(f"diffusers:{vae_dir}")
+
+
 def load_diffusers(folder: str | Path) -> Imported:
     """Read a local diffusers pipeline folder (see the module docs) into an :class:`Imported`."""
     from difflab.data import DataConfig
@@ -137,11 +156,12 @@ def load_diffusers(folder: str | Path) -> Imported:
     if "scheduler" not in parts:
         raise ValueError(f"{folder}: the pipeline has no scheduler; difflab needs its scheduler config "
                          "for the noise schedule and prediction type")
-    extra = sorted(set(parts) - {"unet", "scheduler"})
+    extra = sorted(set(parts) - {"unet", "scheduler", "vae"})
     if extra:
         named = ", ".join(f"{k} ({parts[k][1]})" for k in extra)
-        raise ValueError(f"{folder}: component(s) {named} have no difflab mapping (latent or text "
-                         "pipelines are not imported yet); difflab imports a unet and a scheduler")
+        raise ValueError(f"{folder}: component(s) {named} have no difflab mapping (text pipelines are "
+                         "not imported yet); difflab imports a unet, a scheduler and a vae")
+    latent = load_vae(folder, parts["vae"][1]) if "vae" in parts else None
     sched_path = folder / "scheduler" / "scheduler_config.json"
     if not sched_path.is_file():
         raise CheckpointError(f"{folder} has no scheduler/scheduler_config.json; without it the schedule "
@@ -180,6 +200,11 @@ def load_diffusers(folder: str | Path) -> Imported:
     else:
         fields["cond"] = "none"
         fields["class_names"] = []
+    if latent is not None:  # latent diffusion: decoded by the folder's own AutoencoderKL, unclipped
+        fields.update(latent=latent.source, latent_digest=latent.digest)
+        if "data" not in run_fields:
+            fields["data"] = DataConfig(image_size=(net.image_size or 0) * latent.factor or None,
+                                        channels=latent.autoencoder.in_channels).to_dict()
     fields.update(net_kind="diffusers-unet", net=None)
     fields["sample_steps"] = min(int(fields.get("sample_steps", 50)), int(fields["T"]))
     try:
@@ -187,7 +212,7 @@ def load_diffusers(folder: str | Path) -> Imported:
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"{folder}: the pipeline does not make a valid difflab run config: "
                               f"{err}") from err
-    return Imported(net, config, imported.schedule, folder, imported)
+    return Imported(net, config, imported.schedule, folder, imported, latent)
 
 
 __all__ = ["SIDECAR", "Imported", "load_diffusers", "load_unet", "read_model_index"]

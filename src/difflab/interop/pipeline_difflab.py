@@ -1,35 +1,91 @@
-"""A class-conditional image pipeline for diffusers, written next to a difflab export.
+"""diffusers pipelines for difflab exports that no standard diffusers pipeline samples exactly.
 
-diffusers has no standard pipeline for a class-conditional ``UNet2DModel``, so ``difflab export``
-copies this file into the export folder as ``pipeline_difflab.py`` and names it in
-``model_index.json`` (``"_class_name": ["pipeline_difflab", "DifflabClassPipeline"]``). Loading it
-runs this file, so diffusers asks for consent:
+``difflab export`` copies this file into the export folder as ``pipeline_difflab.py`` and names one
+of its classes in ``model_index.json`` (``"_class_name": ["pipeline_difflab", "Difflab...Pipeline"]``).
+Loading it runs this file, so diffusers asks for consent:
 
     pipe = DiffusionPipeline.from_pretrained(OUT, trust_remote_code=True)
-    images = pipe(class_labels=[7, 7, 3], guidance_scale=3.0, num_inference_steps=50).images
 
-It samples as difflab does (``difflab sample RUN --class ... --sampler ddim``): classifier-free
-guidance on the network output, ``out_u + w (out_c - out_u)`` (Ho & Salimans 2022, eq. 6), the
-null class being the last of the UNet's ``num_class_embeds`` embeddings; with DDIMScheduler the
-clipped x_0 re-derives eps (``use_clipped_model_output=True``), as difflab's DDIM does. It imports
-only torch and diffusers (never difflab).
+- :class:`DifflabClassPipeline`: class-conditional (or unconditional) ``UNet2DModel`` whose last
+  class embedding is the null class, on pixels or, with a ``vae`` (``AutoencoderKL``), on latents:
+  ``pipe(class_labels=[7, 7, 3], guidance_scale=3.0, num_inference_steps=50).images``.
+
+Every pipeline samples as difflab does (``difflab sample RUN --sampler ddim``): classifier-free
+guidance on the network output, ``out_u + w (out_c - out_u)`` (Ho & Salimans 2022, eq. 6); with
+DDIMScheduler the clipped x_0 re-derives eps (``use_clipped_model_output=True``), as difflab's
+DDIM does. Latents (Rombach et al. 2022) are denoised, then decoded as
+``vae.decode(z / scaling_factor + shift_factor)``: the UNet saw z = (mean - shift) * scale. It
+imports only torch and diffusers (never difflab).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 
+def _denoise(pipe: DiffusionPipeline, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+             shape: tuple[int, ...], generator, num_inference_steps: int, eta: float) -> torch.Tensor:
+    """The scheduler's reverse process from x_T ~ N(0, I) (one generator per sample draws it)."""
+    x = randn_tensor(shape, generator=generator, device=pipe._execution_device, dtype=pipe.unet.dtype)
+    x = x * pipe.scheduler.init_noise_sigma
+    pipe.scheduler.set_timesteps(num_inference_steps)
+    extra = {}
+    if type(pipe.scheduler).__name__ == "DDIMScheduler":
+        extra = {"eta": eta, "use_clipped_model_output": True}
+    for t in pipe.progress_bar(pipe.scheduler.timesteps):
+        out = model(pipe.scheduler.scale_model_input(x, t), t)
+        x = pipe.scheduler.step(out, t, x, generator=generator, **extra).prev_sample
+    return x
+
+
+def _images(pipe: DiffusionPipeline, x: torch.Tensor, output_type: str, return_dict: bool):
+    """Decode latents (when the pipeline has a vae) and map [-1, 1] to pil / np / pt images."""
+    vae = getattr(pipe, "vae", None)
+    if vae is not None:
+        shift = vae.config.shift_factor or 0.0
+        x = vae.decode(x / vae.config.scaling_factor + shift).sample
+    image = (x / 2 + 0.5).clamp(0, 1)
+    if output_type != "pt":
+        image = image.cpu().permute(0, 2, 3, 1).float().numpy()
+        if output_type == "pil":
+            image = pipe.numpy_to_pil(image)
+    if not return_dict:
+        return (image,)
+    return ImagePipelineOutput(images=image)
+
+
+def _guided(w: float, cond: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+            uncond: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+            both: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+    """Classifier-free guidance with scale ``w`` (1: conditional only, 0: unconditional only);
+    ``both`` runs the conditional and unconditional halves in one batch."""
+    if w == 1.0:
+        return cond
+    if w == 0.0:
+        return uncond
+
+    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out_c, out_u = both(torch.cat([x, x]), t).chunk(2)
+        return out_u + w * (out_c - out_u)
+
+    return model
+
+
 class DifflabClassPipeline(DiffusionPipeline):
-    """Class-conditional sampling of a ``UNet2DModel`` whose last class embedding is the null class."""
+    """Unconditional or class-conditional sampling of a ``UNet2DModel`` whose last class embedding
+    (of ``num_class_embeds``) is the null class; with a ``vae``, of its latents."""
 
-    model_cpu_offload_seq = "unet"
+    model_cpu_offload_seq = "unet->vae"
+    _optional_components: ClassVar[list[str]] = ["vae"]  # a list: diffusers adds it to lists
 
-    def __init__(self, unet, scheduler):  # diffusers passes its own component types
+    def __init__(self, unet, scheduler, vae=None):  # diffusers passes its own component types
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
 
     @torch.no_grad()
     def __call__(
@@ -45,43 +101,29 @@ class DifflabClassPipeline(DiffusionPipeline):
     ) -> ImagePipelineOutput | tuple:
         """``class_labels`` (one per image; None = unconditional), guided with ``guidance_scale``
         (0 = unconditional, 1 = conditional without guidance)."""
-        null = int(self.unet.config.num_class_embeds) - 1
+        embeds = self.unet.config.num_class_embeds
         device = self._execution_device
+        if class_labels is not None and not embeds:
+            raise ValueError("this pipeline is unconditional: sample it without class_labels")
         if class_labels is None:
-            labels = torch.full((batch_size,), null, dtype=torch.long)
+            labels = None if not embeds else torch.full((batch_size,), int(embeds) - 1, dtype=torch.long,
+                                                        device=device)
             guidance_scale = 1.0
         else:
-            labels = torch.as_tensor(class_labels, dtype=torch.long).flatten()
+            null = int(embeds) - 1
+            labels = torch.as_tensor(class_labels, dtype=torch.long).flatten().to(device)
             batch_size = len(labels)
             if bool(((labels < 0) | (labels >= null)).any()):
                 raise ValueError(f"class labels must lie in [0, {null}); got {labels.tolist()}")
-        labels = labels.to(device)
         size = self.unet.config.sample_size
         hw = (size, size) if isinstance(size, int) else tuple(size)
         shape = (batch_size, self.unet.config.in_channels, *hw)
-        image = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
-        image = image * self.scheduler.init_noise_sigma
-        self.scheduler.set_timesteps(num_inference_steps)
-        extra = {}
-        if type(self.scheduler).__name__ == "DDIMScheduler":
-            extra = {"eta": eta, "use_clipped_model_output": True}
-        uncond = torch.full_like(labels, null)
-        for t in self.progress_bar(self.scheduler.timesteps):
-            x_in = self.scheduler.scale_model_input(image, t)
-            if guidance_scale == 1.0:
-                out = self.unet(x_in, t, class_labels=labels).sample
-            elif guidance_scale == 0.0:
-                out = self.unet(x_in, t, class_labels=uncond).sample
-            else:
-                both = self.unet(torch.cat([x_in, x_in]), t, class_labels=torch.cat([labels, uncond])).sample
-                out_c, out_u = both.chunk(2)
-                out = out_u + guidance_scale * (out_c - out_u)
-            image = self.scheduler.step(out, t, image, generator=generator, **extra).prev_sample
-        image = (image / 2 + 0.5).clamp(0, 1)
-        if output_type != "pt":
-            image = image.cpu().permute(0, 2, 3, 1).numpy()
-            if output_type == "pil":
-                image = self.numpy_to_pil(image)
-        if not return_dict:
-            return (image,)
-        return ImagePipelineOutput(images=image)
+        uncond = None if labels is None else torch.full_like(labels, int(embeds) - 1)
+        model = _guided(
+            guidance_scale,
+            lambda x, t: self.unet(x, t, class_labels=labels).sample,
+            lambda x, t: self.unet(x, t, class_labels=uncond).sample,
+            lambda x, t: self.unet(x, t, class_labels=torch.cat([labels, uncond])).sample,
+        )
+        x = _denoise(self, model, shape, generator, num_inference_steps, eta)
+        return _images(self, x, output_type, return_dict)
