@@ -1,5 +1,6 @@
 """The page in a real browser (headless Chromium driven by selenium): it loads the models,
-generates images with live progress, and the forward-process slider changes the picture.
+generates images with live progress, the forward-process slider changes the picture, the model
+card draws the loss, and a mask painted on the canvas inpaints.
 
 ``DIFFLAB_SCREENSHOT=docs/serve.png`` also saves a screenshot of the page (the README's)."""
 
@@ -23,6 +24,7 @@ import uvicorn  # noqa: E402
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -109,3 +111,38 @@ def test_generate_explore_and_screenshot(server, browser):
     assert xt.get_attribute("src") != before
     assert b.find_element(By.CSS_SELECTOR, "#schedule-plot svg polyline") is not None
     assert not b.find_element(By.ID, "error").is_displayed()
+
+    b.find_element(By.CSS_SELECTOR, "#tabs button[data-tab='card']").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#loss-plot svg polyline"))
+    assert '"cond": "class"' in b.find_element(By.ID, "card-config").text
+
+
+def test_inpaint_with_a_painted_mask_and_img2img(server, browser):
+    b = browser
+    wait = WebDriverWait(b, 30, poll_frequency=0.02)
+    b.get(server)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#edit-thumbs img"))
+    b.find_element(By.CSS_SELECTOR, "#tabs button[data-tab='edit']").click()
+    b.find_elements(By.CSS_SELECTOR, "#edit-thumbs img")[2].click()
+    mask = b.find_element(By.ID, "mask-canvas")
+    ActionChains(b).move_to_element(mask).click_and_hold().move_by_offset(40, 30).move_by_offset(-20, 40) \
+        .release().perform()
+    painted = b.execute_script(
+        "const d = arguments[0].getContext('2d').getImageData(0, 0, 256, 256).data;"
+        "let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n;", mask)
+    assert painted > 500  # the brush left a stroke
+    steps = b.find_element(By.ID, "inpaint-steps")
+    steps.clear()
+    steps.send_keys("4")
+    b.find_element(By.ID, "inpaint-btn").click()
+    text = b.find_element(By.ID, "edit-progress-text")
+    wait.until(lambda d: text.text.startswith("done") or d.find_element(By.ID, "error").is_displayed())
+    assert not b.find_element(By.ID, "error").is_displayed(), b.find_element(By.ID, "error").text
+    first = len(b.find_elements(By.CSS_SELECTOR, "#edit-gallery .shot"))
+    assert first >= 1
+    b.execute_script("const s = document.getElementById('strength'); s.value = 0.4;"
+                     "s.dispatchEvent(new Event('input'));")
+    assert b.find_element(By.ID, "strength-value").text == "0.40"
+    b.find_element(By.ID, "img2img-btn").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#edit-gallery .shot")) > first)
+    assert "strength 0.4" in b.find_element(By.CSS_SELECTOR, "#edit-gallery .shot").text
