@@ -91,12 +91,29 @@ def _worker(rank: int, size: int, port: int, job: dict[str, Any], report: str) -
                                   log=lambda _: None, grad_accum=job.get("accum", 1),
                                   max_seconds=job.get("max_seconds"))
                 result["steps"] = done.steps
+            elif job["kind"] == "cli":
+                import contextlib
+                import io
+
+                from difflab.cli import main
+
+                err = io.StringIO()
+                with contextlib.redirect_stderr(err):
+                    result["status"] = main(job["argv"])
+                result["stderr"] = err.getvalue()
             else:
+                from difflab import load
                 from difflab.eval.evaluate import evaluate
+                from difflab.eval.sharded import write_spread
 
                 rep = evaluate(job["run"], n=job["n"], metrics=job["metrics"], steps=2, device="cpu",
                                progress=False, log=lambda _: None, batch_size=2)
                 result["scores"] = {s.metric: s.value for s in rep.scores}
+                pngs = Path(job["pngs"]) / f"{size}"
+                write_spread(load(job["run"], "cpu"), job["n"], out=None, save_dir=pngs, batch_size=2, seed=7,
+                             steps=2)
+                if rank == 0:
+                    result["pngs"] = {p.name: p.read_bytes().hex() for p in sorted(pngs.iterdir())}
     except Exception as err:
         result["error"], result["type"] = str(err), type(err).__name__
     result["seconds"] = time.perf_counter() - t0
@@ -226,9 +243,9 @@ def test_cli_nproc_resumes_a_one_process_run_on_two(data, reference, tmp_path):
 
 
 def test_distributed_eval_equals_one_process(data, reference, tmp_path):
-    """The same seeds on 2 processes give the FD, KID and digit scores of one (no padding: 5
+    """The same seeds on 2 processes give the FD-digit and digit scores of one (no padding: 5
     samples, 3 + 2)."""
-    job = {"kind": "eval", "run": str(reference), "n": 5, "metrics": "fd-effnet,digit"}
+    job = {"kind": "eval", "run": str(reference), "n": 5, "metrics": "fd-digit,digit", "pngs": str(tmp_path)}
     one = launch(1, job, tmp_path)[0]
     two = launch(2, job, tmp_path)
     assert "error" not in one, one
@@ -236,3 +253,14 @@ def test_distributed_eval_equals_one_process(data, reference, tmp_path):
     assert one["scores"].keys() == two[0]["scores"].keys()
     for k, v in one["scores"].items():
         assert two[0]["scores"][k] == pytest.approx(v, rel=1e-5), k
+    # sample --save-dir: the same 5 images (seeds 7..11), written once each by rank 0
+    assert len(one["pngs"]) == 5 and two[0]["pngs"] == one["pngs"] and "pngs" not in two[1]
+
+
+def test_a_batch_too_small_to_split_is_a_one_line_usage_error(data, tmp_path):
+    argv = ["train", "--data", f"folder:{data}", "--out", str(tmp_path / "run"), "--steps", "1", *ARGS,
+            "--batch-size", "3", "--grad-accum", "4"]
+    report = launch(1, {"kind": "cli", "argv": argv}, tmp_path)[0]
+    err = report.get("stderr", "").strip()
+    assert report.get("status") == 2 and err.startswith("difflab: error:") and "\n" not in err, report
+    assert "split over 1 process x 4 micro-batches; use --batch-size of at least 4" in err

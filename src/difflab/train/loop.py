@@ -500,13 +500,10 @@ class Trainer:
             norms = [type(m).__name__ for m in self.net.modules()
                      if isinstance(m, nn.modules.batchnorm._BatchNorm)]
             if norms:
-                raise TrainingError(f"--net {self.cfg.net_kind} normalises over the batch ({norms[0]}), so "
-                                    "splitting the batch over processes or micro-batches would change it: "
-                                    "train it on one process without --grad-accum, or use --net unet")
-            try:
-                micro_batches(self.cfg.batch_size, 0, self.world.size, self.grad_accum)
-            except ValueError as err:
-                raise TrainingError(str(err)) from None
+                raise ValueError(f"--net {self.cfg.net_kind} normalises over the batch ({norms[0]}), so "
+                                 "splitting the batch over processes or micro-batches would change it: "
+                                 "train it on one process without --grad-accum, or use --net unet")
+            micro_batches(self.cfg.batch_size, 0, self.world.size, self.grad_accum)  # a batch too small
         if not self.world.distributed:
             return
         if self.model is not self.net and getattr(self.model, "_orig_mod", None) is not self.net:
