@@ -394,7 +394,7 @@ def test_export_takes_the_ema_weights_unless_told_raw(runs, tmp_path):
 
 def test_export_errors_are_one_line(runs, tmp_path, capsys):
     myunet = make_run(tmp_path / "myunet", MyUNetConfig(n_steps=20), sample_steps=4)
-    text = make_run(tmp_path / "text", TINY_UNET.replace(context_dim=8), cond="text")
+    text = make_run(tmp_path / "text", TINY_DIFFUSERS, cond="text")
     latent = make_run(tmp_path / "latent", latent=str(tmp_path / "vae"))
     nonempty = tmp_path / "full"
     nonempty.mkdir()
@@ -404,7 +404,7 @@ def test_export_errors_are_one_line(runs, tmp_path, capsys):
         ((runs["unet"], runs["unet"] / "export"), "inside the run folder"),
         ((runs["unet"], nonempty), "not empty"),
         ((myunet, tmp_path / "o2"), "--net myunet has no diffusers UNet2DModel form"),
-        ((text, tmp_path / "o3"), "conditioned on text"),
+        ((text, tmp_path / "o3"), "--net diffusers-unet with --cond text has no diffusers form"),
         ((latent, tmp_path / "o6"), "if the run's autoencoder moved, give it with --autoencoder PATH"),
         ((runs["unet"], tmp_path / "o7", "--autoencoder", tmp_path / "vae"), "not a latent run"),
         ((runs["unet"], tmp_path / "o4", "--weights", "best"), "has no best.safetensors"),
@@ -690,33 +690,89 @@ def test_autoencoder_conversion_check_and_refusal():
         convert_vae(AutoencoderKL(TINY_AE.replace(channels=(6, 16))), 8, 1.0)
 
 
-def test_latent_exports_sample_like_difflabs_ddim_in_diffusers_and_back(tmp_path):
-    import difflab
+PROMPTS = ["a red circle", "", "a long prompt that the tokenizer truncates to the run's max length"]
+CUSTOM = {  # name: (the export's pipeline kwargs in diffusers, the same sampling in difflab)
+    "latent": ({"batch_size": 3}, {}),
+    "latent-class": ({"class_labels": [0, 2, 1], "guidance_scale": 2.5},
+                     {"class_labels": [0, 2, 1], "guidance": 2.5}),
+    "text": ({"prompt": PROMPTS, "guidance_scale": 2.5}, {"prompts": PROMPTS, "guidance": 2.5}),
+    "latent-text": ({"prompt": PROMPTS, "negative_prompt": ["blue", "", "x"], "guidance_scale": 2.0},
+                    {"prompts": PROMPTS, "negative_prompts": ["blue", "", "x"], "guidance": 2.0}),
+    "latent-text-unconditional": ({"prompt": ["", "", ""]}, {}),
+}
+
+
+@pytest.fixture(scope="module")
+def custom_exports(tmp_path_factory):
+    """Runs exported as custom pipelines, and diffusers' images of each (one process for all):
+    name -> (run, export folder, images)."""
+    from difflab.conditioning.text import TextConfig
     from difflab.interop.export import export_run
 
-    plain = make_latent_run(tmp_path, "plain")
-    classes = make_latent_run(tmp_path, "classes", diffusers_ae=True, net={"num_classes": 3}, cond="class",
-                              class_names=("a", "b", "c"), prediction="eps", schedule="linear")
-    before = {run: digest(run) for run in (plain, classes)}
-    for run in (plain, classes):
-        report = export_run(run, tmp_path / f"{run.name}-out")
-        assert report.pipeline_class == "DifflabClassPipeline" and report.needs_trust_remote_code
-    assert "the run's own diffusers AutoencoderKL" in report.exact  # the last: copied as is
-    vae_cfg = json.loads((tmp_path / "plain-out" / "vae" / "config.json").read_text())
-    assert (vae_cfg["scaling_factor"], vae_cfg["shift_factor"]) == (0.8, 0.3)
-    assert json.loads((tmp_path / "classes-out" / "vae" / "config.json").read_text())["scaling_factor"] == 1.7
-    assert {run: digest(run) for run in (plain, classes)} == before
-    theirs = sample_custom(tmp_path, [
-        {"folder": tmp_path / "plain-out", "n": 3, "kwargs": {"batch_size": 3, "num_inference_steps": 4}},
-        {"folder": tmp_path / "classes-out", "n": 3,
-         "kwargs": {"class_labels": [0, 2, 1], "guidance_scale": 2.5, "num_inference_steps": 4}},
-    ])
-    cases = [(plain, {}), (classes, {"class_labels": [0, 2, 1], "guidance": 2.5})]
-    for (run, kwargs), images in zip(cases, theirs, strict=True):
-        ours = difflab.load(run, device="cpu").sample(3, sampler="ddim", steps=4, eta=0.0, seed=0, **kwargs)
-        assert images.shape == (3, 8, 8, 1) and float(ours.std()) > 0.05
-        np.testing.assert_allclose(images, as_np(ours), atol=1e-4)
-        back = difflab.load(f"diffusers:{tmp_path / f'{run.name}-out'}", device="cpu")  # a latent Pipeline
-        assert back.latent is not None and back.config.latent.endswith("vae")
-        torch.testing.assert_close(back.sample(3, sampler="ddim", steps=4, seed=0, **kwargs), ours, atol=1e-4,
-                                   rtol=0)
+    root = tmp_path_factory.mktemp("custom")
+    text = {"context_dim": 384, "num_heads": 2}
+    runs = {
+        "latent": make_latent_run(root, "latent"),
+        "latent-class": make_latent_run(root, "latent-class", diffusers_ae=True, net={"num_classes": 3},
+                                        cond="class", class_names=("a", "b", "c"), prediction="eps",
+                                        schedule="linear"),
+        "text": make_run(root / "text", TINY_UNET.replace(attention_resolutions=(8,), **text), cond="text",
+                         text=TextConfig(max_length=8)),
+        "latent-text": make_latent_run(root, "latent-text", net=text, cond="text",
+                                       text=TextConfig(max_length=16)),
+    }
+    runs["latent-text-unconditional"] = runs["latent-text"]
+    before = {name: digest(run) for name, run in runs.items()}
+    reports, jobs = {}, []
+    for name, run in runs.items():
+        out = root / f"{name}-out"
+        if not out.exists():
+            reports[name] = export_run(run, out)
+        jobs.append({"folder": out, "n": 3, "kwargs": {**CUSTOM[name][0], "num_inference_steps": 4}})
+    images = sample_custom(root, jobs)
+    assert {name: digest(run) for name, run in runs.items()} == before  # the run folders are only read
+    return {name: (run, root / f"{name}-out", images[i], reports.get(name)) for i, (name, run) in
+            enumerate(runs.items())}
+
+
+@pytest.mark.filterwarnings("ignore:prompt of")
+@pytest.mark.parametrize("name", list(CUSTOM))
+def test_custom_exports_sample_like_difflabs_ddim_in_diffusers(custom_exports, name):
+    import difflab
+
+    run, _, theirs, _ = custom_exports[name]
+    pipe = difflab.load(run, device="cpu")
+    ours = pipe.sample(3, sampler="ddim", steps=4, eta=0.0, seed=0, **CUSTOM[name][1])
+    assert theirs.shape == (3, 8, 8, 1) and float(ours.std()) > 0.05
+    np.testing.assert_allclose(theirs, as_np(ours), atol=1e-4)
+
+
+def test_latent_exports_carry_the_runs_scaling_and_import_back(custom_exports):
+    import difflab
+
+    for name, scale, shift, exact in (("latent", 0.8, 0.3, "difflab autoencoder converted to AutoencoderKL"),
+                                      ("latent-class", 1.7, 0.0, "the run's own diffusers AutoencoderKL")):
+        run, out, _, report = custom_exports[name]
+        assert report.pipeline_class == "DifflabClassPipeline" and exact in report.exact
+        vae_cfg = json.loads((out / "vae" / "config.json").read_text())
+        assert (vae_cfg["scaling_factor"], vae_cfg["shift_factor"] or 0.0) == (scale, shift)
+        back = difflab.load(f"diffusers:{out}", device="cpu")  # a latent Pipeline on the folder's vae
+        assert back.latent is not None and back.config.latent == f"diffusers:{out / 'vae'}"
+        kwargs = CUSTOM[name][1]
+        torch.testing.assert_close(back.sample(3, sampler="ddim", steps=4, seed=0, **kwargs),
+                                   difflab.load(run, device="cpu").sample(3, sampler="ddim", steps=4, seed=0,
+                                                                          **kwargs), atol=1e-4, rtol=0)
+
+
+def test_text_exports_are_difflabs_unet_with_the_minilm_encoder(custom_exports):
+    from difflab.conditioning.text import TextEncoder
+
+    _, out, _, report = custom_exports["latent-text"]
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_difflab", "DifflabTextPipeline"]
+    assert index["unet"] == ["difflab_unet", "DifflabUNet"] and (out / "unet" / "difflab_unet.py").is_file()
+    assert index["text_encoder"] == ["transformers", "BertModel"] and index["max_length"] == 16
+    assert index["vae"] == ["diffusers", "AutoencoderKL"]
+    assert "Transformer2DModel has no exact form" in report.exact and report.max_difference < 1e-5
+    source = TextEncoder().model_path() / "model.safetensors"  # the frozen encoder, byte for byte
+    assert (out / "text_encoder" / "model.safetensors").read_bytes() == source.read_bytes()

@@ -13,12 +13,18 @@ network access:
   (difflab's autoencoder converted by :mod:`~difflab.interop.vae_convert` and checked by equal
   encode/decode outputs, or the run's diffusers one copied) whose ``scaling_factor`` and
   ``shift_factor`` are the run's: the UNet denoises z = (mean - shift) * scale, and the pipeline
-  decodes ``vae.decode(z / scaling_factor + shift_factor)``, with no x_0 clipping in latent space.
+  decodes ``vae.decode(z / scaling_factor + shift_factor)``, with no x_0 clipping in latent space;
+- text runs (``--cond text``, pixel or latent): ``DifflabTextPipeline`` with ``text_encoder/`` (the
+  frozen MiniLM ``BertModel``, its files copied), ``tokenizer/`` and ``unet/`` a
+  :class:`~difflab.interop.difflab_unet.DifflabUNet` (``unet/difflab_unet.py``, a diffusers custom
+  component): difflab's cross-attention (GroupNorm, masked zero tokens) has no exact
+  ``UNet2DConditionModel``/``Transformer2DModel`` form (LayerNorms and a feed-forward no weights
+  can turn into the identity), so the UNet travels as itself, same weights, checked by equal outputs.
 
 The network: ``--net diffusers-unet`` runs export their UNet2DModel itself (bit-exact); difflab's
 own UNet is converted (:func:`~difflab.interop.unet_convert.convert_unet`) and the conversion is
 checked by equal outputs before anything is written; other networks (the notes' seed networks,
-cross-attention, super-resolution) are refused with an error naming what has no diffusers form.
+super-resolution) are refused with an error naming what has no diffusers form.
 
 The weights: the run's ``model.safetensors`` holds the EMA weights (the training loop writes the
 EMA copy there), and they are what is exported by default; ``weights="best"`` takes
@@ -54,6 +60,8 @@ WEIGHT_CHOICES = ("ema", "best", "raw")
 SCHEDULER_CHOICES = ("ddim", "ddpm")
 CUSTOM_MODULE = "pipeline_difflab"
 CUSTOM_CLASS = "DifflabClassPipeline"
+TEXT_CLASS = "DifflabTextPipeline"
+UNET_MODULE = "difflab_unet"
 
 
 @dataclass(frozen=True)
@@ -139,6 +147,53 @@ def _unet2d(net: Any, config: Any, image_size: int) -> tuple[Any, str, float]:
                      "--net diffusers-unet")
 
 
+def _difflab_unet(net: Any, config: Any, image_size: int) -> tuple[Any, str, float]:
+    """difflab's UNet as :class:`~difflab.interop.difflab_unet.DifflabUNet` (its cross-attention has
+    no UNet2DConditionModel form; see that module), same weights, checked by equal outputs."""
+    from difflab.interop.difflab_unet import DifflabUNet
+    from difflab.interop.unet_convert import check_equal
+    from difflab.nets import UNet
+
+    if not isinstance(net, UNet):
+        kind = getattr(config.net, "kind", None) or config.net_kind
+        raise ValueError(f"--net {kind} with --cond text has no diffusers form; export text runs of "
+                         "--net unet")
+    c = net.config
+    unet = DifflabUNet(in_channels=c.in_channels, out_channels=c.out_channels or c.in_channels,
+                       concat_channels=c.concat_channels, base_channels=c.base_channels,
+                       channel_mult=tuple(c.channel_mult), num_res_blocks=c.num_res_blocks,
+                       attention_levels=tuple(c.attention_levels()), num_heads=c.num_heads, groups=c.groups,
+                       num_classes=c.num_classes, context_dim=c.context_dim, mid_attention=c.mid_attention,
+                       sample_size=c.image_size or image_size)
+    unet.load_state_dict(net.state_dict())
+    unet = unet.eval().to(next(net.parameters()).device)
+    diff = check_equal(net, unet, c.image_size or image_size)
+    return unet, (f"difflab UNet with cross-attention as DifflabUNet (unet/difflab_unet.py; diffusers' "
+                  f"Transformer2DModel has no exact form of it), same weights; outputs equal to {diff:.1e} "
+                  "(relative)"), diff
+
+
+def _text_parts(config: Any, folder: Path) -> dict[str, list[str]]:
+    """Write the run's frozen text encoder (``text_encoder/``, its files copied) and tokenizer
+    (``tokenizer/``) into ``folder``; their ``model_index.json`` entries."""
+    from transformers import AutoTokenizer
+
+    from difflab.conditioning.text import TextConfig, TextEncoder
+
+    text = config.text or TextConfig()
+    source = TextEncoder(text.encoder, text.max_length).model_path()
+    model_cfg = json.loads((source / "config.json").read_text())
+    (folder / "text_encoder").mkdir()
+    for name in ("config.json", "model.safetensors"):
+        if not (source / name).is_file():
+            raise CheckpointError(f"the text encoder {text.encoder} at {source} has no {name}; reinstall it")
+        shutil.copyfile(source / name, folder / "text_encoder" / name)
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    tokenizer.save_pretrained(folder / "tokenizer")
+    return {"text_encoder": ["transformers", (model_cfg.get("architectures") or ["BertModel"])[0]],
+            "tokenizer": ["transformers", type(tokenizer).__name__]}
+
+
 def run_latent_space(run: Path, config: Any, autoencoder: str | Path | None = None) -> Any:
     """A latent run's :class:`~difflab.latent.LatentSpace`: ``autoencoder`` when given, else the
     run's own copy, else ``config.latent``; refused unless it is the one the run was trained with."""
@@ -218,9 +273,9 @@ def export_run(run: str | Path, out: str | Path, *, weights: str = "ema", schedu
     if config.objective != "diffusion":
         raise ValueError(f"{run} was trained with --objective {config.objective} (seed 003's mixing model), "
                          "which is not a diffusion model; diffusers has no pipeline for it")
-    if config.cond in ("text", "lowres"):
-        raise ValueError(f"{run} is conditioned on {config.cond} (--cond {config.cond}); difflab exports "
-                         "unconditional and class-conditional runs only")
+    if config.cond == "lowres":
+        raise ValueError(f"{run} is conditioned on lowres (--cond lowres); difflab exports "
+                         "unconditional, class-, text-conditional and latent runs only")
     if autoencoder is not None and not config.latent:
         raise ValueError(f"{run} is not a latent run; it takes no --autoencoder")
     net = build_net(config.net)
@@ -237,7 +292,8 @@ def export_run(run: str | Path, out: str | Path, *, weights: str = "ema", schedu
         space = run_latent_space(run, config, autoencoder)
         vae, vae_exact, vae_diff = _vae(space, size)
         size //= space.factor
-    unet, exact, diff = _unet2d(net, config, size)
+    text = config.cond == "text"
+    unet, exact, diff = (_difflab_unet if text else _unet2d)(net, config, size)
 
     import diffusers
 
@@ -250,18 +306,24 @@ def export_run(run: str | Path, out: str | Path, *, weights: str = "ema", schedu
     _check_schedule(sched, config)
 
     conditional = bool(getattr(net, "num_classes", 0))
-    custom = conditional or vae is not None
+    custom = conditional or text or vae is not None
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         if custom:
-            pipeline_class = CUSTOM_CLASS
+            pipeline_class = TEXT_CLASS if text else CUSTOM_CLASS
             unet.save_pretrained(tmp / "unet", safe_serialization=True)
             sched.save_pretrained(tmp / "scheduler")
             shutil.copyfile(Path(__file__).with_name(f"{CUSTOM_MODULE}.py"), tmp / f"{CUSTOM_MODULE}.py")
-            index = {"_class_name": [CUSTOM_MODULE, CUSTOM_CLASS],
+            index = {"_class_name": [CUSTOM_MODULE, pipeline_class],
                      "_diffusers_version": diffusers.__version__,
                      "scheduler": ["diffusers", class_name], "unet": ["diffusers", "UNet2DModel"]}
+            if text:
+                unet_file = f"{UNET_MODULE}.py"
+                shutil.copyfile(Path(__file__).with_name(unet_file), tmp / "unet" / unet_file)
+                index["unet"] = [UNET_MODULE, type(unet).__name__]
+                index.update(_text_parts(config, tmp))
+                index["max_length"] = (config.text.max_length if config.text else 256)
             if vae is not None:
                 vae.save_pretrained(tmp / "vae", safe_serialization=True)
                 index["vae"] = ["diffusers", "AutoencoderKL"]
@@ -287,7 +349,7 @@ def export_run(run: str | Path, out: str | Path, *, weights: str = "ema", schedu
                                 "shift_factor": float(space.shift_factor)}
         (tmp / SIDECAR).write_text(json.dumps(record, indent=2) + "\n")
         (tmp / "README.md").write_text(_readme(run, pipeline_class, class_name, weights, exact, conditional,
-                                               None if space is None else vae_exact))
+                                               None if space is None else vae_exact, text))
         if out.exists():
             out.rmdir()
         tmp.rename(out)
@@ -301,10 +363,13 @@ def export_run(run: str | Path, out: str | Path, *, weights: str = "ema", schedu
 
 
 def _readme(run: Path, pipeline: str, scheduler: str, weights: str, exact: str, conditional: bool,
-            autoencoder: str | None) -> str:
-    custom = conditional or autoencoder is not None
+            autoencoder: str | None, text: bool = False) -> str:
+    custom = conditional or text or autoencoder is not None
     call = ("images = pipe(class_labels=[0, 1, 2], guidance_scale=3.0, num_inference_steps=50).images"
             if conditional else "images = pipe(batch_size=4, num_inference_steps=50).images")
+    if text:
+        call = ('images = pipe(prompt=["a prompt", "another"], negative_prompt="", guidance_scale=3.0, '
+                "num_inference_steps=50).images")
     load = (("pipe = DiffusionPipeline.from_pretrained(OUT, trust_remote_code=True)"
              "  # runs pipeline_difflab.py\n" + call) if custom else
             "pipe = DiffusionPipeline.from_pretrained(OUT)\n"

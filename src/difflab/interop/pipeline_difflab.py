@@ -8,7 +8,10 @@ Loading it runs this file, so diffusers asks for consent:
 
 - :class:`DifflabClassPipeline`: class-conditional (or unconditional) ``UNet2DModel`` whose last
   class embedding is the null class, on pixels or, with a ``vae`` (``AutoencoderKL``), on latents:
-  ``pipe(class_labels=[7, 7, 3], guidance_scale=3.0, num_inference_steps=50).images``.
+  ``pipe(class_labels=[7, 7, 3], guidance_scale=3.0, num_inference_steps=50).images``;
+- :class:`DifflabTextPipeline`: text-to-image with difflab's own UNet (``unet/difflab_unet.py``,
+  a diffusers custom component) and the frozen MiniLM text encoder, on pixels or latents:
+  ``pipe(prompt=["a red circle"], guidance_scale=3.0).images``;
 
 Every pipeline samples as difflab does (``difflab sample RUN --sampler ddim``): classifier-free
 guidance on the network output, ``out_u + w (out_c - out_u)`` (Ho & Salimans 2022, eq. 6); with
@@ -24,6 +27,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -125,5 +129,84 @@ class DifflabClassPipeline(DiffusionPipeline):
             lambda x, t: self.unet(x, t, class_labels=uncond).sample,
             lambda x, t: self.unet(x, t, class_labels=torch.cat([labels, uncond])).sample,
         )
+        x = _denoise(self, model, shape, generator, num_inference_steps, eta)
+        return _images(self, x, output_type, return_dict)
+
+
+class DifflabTextPipeline(DiffusionPipeline):
+    """Text-to-image sampling as difflab's ``--cond text`` runs do, on pixels or (with a ``vae``)
+    latents. The ``unet`` is difflab's own (``unet/difflab_unet.py``): it cross-attends to the
+    token states of the frozen ``text_encoder`` (all-MiniLM-L6-v2, a ``BertModel``).
+
+    A prompt is tokenized on its own (``[CLS] ... [SEP]``, truncated to ``max_length`` word
+    pieces, never padded inside the encoder), its last hidden states are the tokens, and a batch is
+    zero-padded to its longest prompt: the UNet masks all-zero tokens, so a prompt's image does not
+    depend on its batch. The empty prompt's encoding (never zeros) is the null condition
+    classifier-free guidance steers away from, or the negative prompt's where one is given."""
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+    _optional_components: ClassVar[list[str]] = ["vae"]
+
+    def __init__(self, unet, scheduler, text_encoder, tokenizer, vae=None, max_length: int = 256):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
+                              vae=vae)
+        self.register_to_config(max_length=max_length)
+
+    def token_states(self, prompt: str) -> torch.Tensor:
+        """The last hidden states [L, D] of one prompt."""
+        ids = self.tokenizer(prompt, truncation=True, max_length=self.config.max_length, return_tensors="pt")
+        ids = {k: v.to(self.text_encoder.device) for k, v in ids.items()}
+        return self.text_encoder(**ids).last_hidden_state[0].float()
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """[B, L, D] token states, zero-padded to the longest prompt."""
+        each = [self.token_states(p) for p in prompts]
+        states = torch.zeros(len(each), max(len(s) for s in each), each[0].shape[-1], device=each[0].device)
+        for i, s in enumerate(each):
+            states[i, : len(s)] = s
+        return states
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] = "",
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        guidance_scale: float = 3.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int = 50,
+        eta: float = 0.0,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        """One image per prompt (times ``num_images_per_prompt``), guided with ``guidance_scale``
+        away from ``negative_prompt`` (default: the empty prompt); with only empty prompts it samples
+        unconditionally."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+        n = len(prompts)
+        negatives = negative_prompt if negative_prompt is not None else ""
+        negatives = [negatives] * n if isinstance(negatives, str) else \
+            [p for p in negatives for _ in range(num_images_per_prompt)]
+        if len(negatives) != n:
+            raise ValueError(f"give one negative prompt per prompt: {n} prompts, {len(negatives)} negatives")
+        dtype = self.unet.dtype
+        cond = self.encode_prompts(prompts).to(self._execution_device, dtype)
+        if not any(prompts) and not any(negatives):
+            guidance_scale = 1.0  # unconditional: nothing to guide
+        uncond = self.encode_prompts(negatives).to(self._execution_device, dtype)
+        length = max(cond.shape[1], uncond.shape[1])
+        both = torch.cat([F.pad(cond, (0, 0, 0, length - cond.shape[1])),
+                          F.pad(uncond, (0, 0, 0, length - uncond.shape[1]))])
+        model = _guided(
+            guidance_scale,
+            lambda x, t: self.unet(x, t, encoder_hidden_states=cond).sample,
+            lambda x, t: self.unet(x, t, encoder_hidden_states=uncond).sample,
+            lambda x, t: self.unet(x, t, encoder_hidden_states=both).sample,
+        )
+        size = self.unet.config.sample_size
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        shape = (n, self.unet.config.in_channels, *hw)
         x = _denoise(self, model, shape, generator, num_inference_steps, eta)
         return _images(self, x, output_type, return_dict)

@@ -206,12 +206,23 @@ def check_equal(net: nn.Module, unet: nn.Module, image_size: int, batch: int = 3
     x = torch.randn(batch, net.in_channels, image_size, image_size, generator=gen).to(device)
     t = torch.randint(0, 1000, (batch,), generator=gen).to(device)
     kwargs: dict[str, Any] = {}
+    theirs_kwargs: dict[str, Any] = {}
     labels = None
     if getattr(net, "num_classes", 0):
         labels = torch.randint(0, net.num_classes + 1, (batch,), generator=gen).to(device)
         kwargs["class_labels"] = labels
+    if getattr(net, "context_dim", 0):  # padded prompts: zero tokens, and a sample with none at all
+        context = torch.randn(batch, 5, net.context_dim, generator=gen)
+        context[0, 3:] = 0
+        context[-1] = 0
+        kwargs["context"] = theirs_kwargs["encoder_hidden_states"] = context.to(device)
+    x_theirs = x
+    if getattr(net, "concat_channels", 0):  # UNet2DModel takes the condition joined to x on channels
+        concat = torch.randn(batch, net.concat_channels, image_size, image_size, generator=gen).to(device)
+        kwargs["concat"] = concat
+        x_theirs = torch.cat([x, concat], dim=1)
     ours = net(x, t, **kwargs).float()
-    theirs = unet(x, t, class_labels=labels).sample.float()
+    theirs = unet(x_theirs, t, class_labels=labels, **theirs_kwargs).sample.float()
     net.train(was)
     scale = max(1.0, float(ours.abs().max()))
     diff = float((ours - theirs).abs().max()) / scale
