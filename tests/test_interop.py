@@ -614,7 +614,8 @@ for job in json.loads(sys.argv[1]):
     pipe.set_progress_bar_config(disable=True)
     print(type(pipe).__name__)
     gens = [torch.Generator().manual_seed(i) for i in range(job["n"])]
-    out = pipe(generator=gens, output_type="np", **job["kwargs"])
+    kwargs = {k: torch.tensor(v) if k == "image" else v for k, v in job["kwargs"].items()}
+    out = pipe(generator=gens, output_type="np", **kwargs)
     np.save(job["out"], out.images)
 """
 
@@ -690,6 +691,7 @@ def test_autoencoder_conversion_check_and_refusal():
         convert_vae(AutoencoderKL(TINY_AE.replace(channels=(6, 16))), 8, 1.0)
 
 
+SMALL = (torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(5)) * 255).round() / 127.5 - 1
 PROMPTS = ["a red circle", "", "a long prompt that the tokenizer truncates to the run's max length"]
 CUSTOM = {  # name: (the export's pipeline kwargs in diffusers, the same sampling in difflab)
     "latent": ({"batch_size": 3}, {}),
@@ -699,6 +701,7 @@ CUSTOM = {  # name: (the export's pipeline kwargs in diffusers, the same samplin
     "latent-text": ({"prompt": PROMPTS, "negative_prompt": ["blue", "", "x"], "guidance_scale": 2.0},
                     {"prompts": PROMPTS, "negative_prompts": ["blue", "", "x"], "guidance": 2.0}),
     "latent-text-unconditional": ({"prompt": ["", "", ""]}, {}),
+    "lowres": ({"image": SMALL.tolist(), "guidance_scale": 1.5}, {"lowres": SMALL, "guidance": 1.5}),
 }
 
 
@@ -722,6 +725,8 @@ def custom_exports(tmp_path_factory):
                                        text=TextConfig(max_length=16)),
     }
     runs["latent-text-unconditional"] = runs["latent-text"]
+    runs["lowres"] = make_run(root / "lowres", TINY_UNET.replace(concat_channels=1), cond="lowres",
+                              lowres_factor=2)
     before = {name: digest(run) for name, run in runs.items()}
     reports, jobs = {}, []
     for name, run in runs.items():
@@ -776,3 +781,12 @@ def test_text_exports_are_difflabs_unet_with_the_minilm_encoder(custom_exports):
     assert "Transformer2DModel has no exact form" in report.exact and report.max_difference < 1e-5
     source = TextEncoder().model_path() / "model.safetensors"  # the frozen encoder, byte for byte
     assert (out / "text_encoder" / "model.safetensors").read_bytes() == source.read_bytes()
+
+
+def test_super_resolution_exports_are_unet2d_on_the_joined_channels(custom_exports):
+    _, out, _, report = custom_exports["lowres"]
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_difflab", "DifflabUpscalePipeline"] and index["factor"] == 2
+    assert index["unet"] == ["diffusers", "UNet2DModel"] and "outputs equal" in report.exact
+    unet_cfg = json.loads((out / "unet" / "config.json").read_text())
+    assert (unet_cfg["in_channels"], unet_cfg["out_channels"]) == (2, 1)

@@ -19,12 +19,15 @@ network access:
   :class:`~difflab.interop.difflab_unet.DifflabUNet` (``unet/difflab_unet.py``, a diffusers custom
   component): difflab's cross-attention (GroupNorm, masked zero tokens) has no exact
   ``UNet2DConditionModel``/``Transformer2DModel`` form (LayerNorms and a feed-forward no weights
-  can turn into the identity), so the UNet travels as itself, same weights, checked by equal outputs.
+  can turn into the identity), so the UNet travels as itself, same weights, checked by equal outputs;
+- super-resolution runs (``--cond lowres``): ``DifflabUpscalePipeline`` with a ``UNet2DModel`` of
+  ``in_channels`` = 2 C (x_t joined to the bicubic enlargement of the low-resolution image, SR3)
+  and ``factor`` in ``model_index.json``.
 
 The network: ``--net diffusers-unet`` runs export their UNet2DModel itself (bit-exact); difflab's
 own UNet is converted (:func:`~difflab.interop.unet_convert.convert_unet`) and the conversion is
-checked by equal outputs before anything is written; other networks (the notes' seed networks,
-super-resolution) are refused with an error naming what has no diffusers form.
+checked by equal outputs before anything is written; other networks (the notes' seed networks)
+are refused with an error naming what has no diffusers form.
 
 The weights: the run's ``model.safetensors`` holds the EMA weights (the training loop writes the
 EMA copy there), and they are what is exported by default; ``weights="best"`` takes
@@ -61,6 +64,7 @@ SCHEDULER_CHOICES = ("ddim", "ddpm")
 CUSTOM_MODULE = "pipeline_difflab"
 CUSTOM_CLASS = "DifflabClassPipeline"
 TEXT_CLASS = "DifflabTextPipeline"
+UPSCALE_CLASS = "DifflabUpscalePipeline"
 UNET_MODULE = "difflab_unet"
 
 
@@ -273,9 +277,6 @@ def export_run(run: str | Path, out: str | Path, *, weights: str = "ema", schedu
     if config.objective != "diffusion":
         raise ValueError(f"{run} was trained with --objective {config.objective} (seed 003's mixing model), "
                          "which is not a diffusion model; diffusers has no pipeline for it")
-    if config.cond == "lowres":
-        raise ValueError(f"{run} is conditioned on lowres (--cond lowres); difflab exports "
-                         "unconditional, class-, text-conditional and latent runs only")
     if autoencoder is not None and not config.latent:
         raise ValueError(f"{run} is not a latent run; it takes no --autoencoder")
     net = build_net(config.net)
@@ -306,12 +307,13 @@ def export_run(run: str | Path, out: str | Path, *, weights: str = "ema", schedu
     _check_schedule(sched, config)
 
     conditional = bool(getattr(net, "num_classes", 0))
-    custom = conditional or text or vae is not None
+    lowres = config.cond == "lowres"
+    custom = conditional or text or lowres or vae is not None
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         if custom:
-            pipeline_class = TEXT_CLASS if text else CUSTOM_CLASS
+            pipeline_class = TEXT_CLASS if text else UPSCALE_CLASS if lowres else CUSTOM_CLASS
             unet.save_pretrained(tmp / "unet", safe_serialization=True)
             sched.save_pretrained(tmp / "scheduler")
             shutil.copyfile(Path(__file__).with_name(f"{CUSTOM_MODULE}.py"), tmp / f"{CUSTOM_MODULE}.py")
@@ -324,6 +326,8 @@ def export_run(run: str | Path, out: str | Path, *, weights: str = "ema", schedu
                 index["unet"] = [UNET_MODULE, type(unet).__name__]
                 index.update(_text_parts(config, tmp))
                 index["max_length"] = (config.text.max_length if config.text else 256)
+            if lowres:
+                index["factor"] = config.lowres_factor
             if vae is not None:
                 vae.save_pretrained(tmp / "vae", safe_serialization=True)
                 index["vae"] = ["diffusers", "AutoencoderKL"]
@@ -364,12 +368,14 @@ def export_run(run: str | Path, out: str | Path, *, weights: str = "ema", schedu
 
 def _readme(run: Path, pipeline: str, scheduler: str, weights: str, exact: str, conditional: bool,
             autoencoder: str | None, text: bool = False) -> str:
-    custom = conditional or text or autoencoder is not None
+    custom = conditional or text or autoencoder is not None or pipeline == UPSCALE_CLASS
     call = ("images = pipe(class_labels=[0, 1, 2], guidance_scale=3.0, num_inference_steps=50).images"
             if conditional else "images = pipe(batch_size=4, num_inference_steps=50).images")
     if text:
         call = ('images = pipe(prompt=["a prompt", "another"], negative_prompt="", guidance_scale=3.0, '
                 "num_inference_steps=50).images")
+    if pipeline == UPSCALE_CLASS:
+        call = "images = pipe(image=small_pil_images, num_inference_steps=50).images"
     load = (("pipe = DiffusionPipeline.from_pretrained(OUT, trust_remote_code=True)"
              "  # runs pipeline_difflab.py\n" + call) if custom else
             "pipe = DiffusionPipeline.from_pretrained(OUT)\n"

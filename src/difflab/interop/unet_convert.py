@@ -19,6 +19,10 @@ levels with attention                          ``AttnDownBlock2D`` / ``AttnUpBlo
 ``out`` GroupNorm-SiLU-conv                    ``conv_norm_out`` / ``conv_out``
 =============================================  ====================================================
 
+A super-resolution UNet (``concat_channels``: SR3's enlarged low-resolution image joined to x_t)
+is a ``UNet2DModel`` with ``in_channels = C + concat_channels`` and ``out_channels = C``: its first
+conv takes the joined input, as difflab's does.
+
 What UNet2DModel cannot express, and :func:`check_convertible` names: cross-attention
 (``context_dim > 0``), ``channel_mult[0] != 1`` (UNet2DModel's stem and time embedding are
 ``block_out_channels[0]`` wide, difflab's ``base_channels``), a group count that does not divide
@@ -83,7 +87,7 @@ def unet2d_kwargs(c: UNetConfig, image_size: int) -> dict[str, Any]:
     head_dim = (c.base_channels * c.channel_mult[head_levels[0]] // c.num_heads) if head_levels else None
     return {
         "sample_size": image_size,
-        "in_channels": c.in_channels,
+        "in_channels": c.in_channels + c.concat_channels,  # the condition image joined on channels
         "out_channels": c.out_channels or c.in_channels,
         "block_out_channels": tuple(c.base_channels * m for m in c.channel_mult),
         "layers_per_block": c.num_res_blocks,
