@@ -105,9 +105,13 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (default: 1)")
     p.add_argument("--goal", type=float, default=0.5, help="least efficiency at 2 processes (default: 0.5)")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run: batch 16, 3 steps, one round (the goal is reported, not enforced)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.quick:
+        args.batch_size, args.steps, args.rounds, args.warmup = 16, 3, 1, 1
     if args.worker:
         worker(args)
         return 0
@@ -131,7 +135,7 @@ def main() -> int:
     two = [ips / (n * base) for n, ips, _ in rows if n == 2]
     if two and two[0] < args.goal:
         print(f"goal missed: efficiency {two[0]:.2f} at 2 processes < {args.goal}")
-        return 1
+        return 0 if args.quick else 1
     return 0
 
 
