@@ -164,6 +164,7 @@ def test_imported_schedule_is_diffusers_own(class_name, extra):
     ("DDIMScheduler", "steps_offset", 1, "steps_offset"),
     ("DDPMScheduler", "variance_type", "learned_range", "variance_type"),
     ("DDIMScheduler", "timestep_spacing", "karras", "timestep_spacing"),
+    ("DDIMScheduler", "timestep_spacing", "linspace", "steps from each timestep by T // steps"),
     ("DPMSolverMultistepScheduler", "solver_order", 3, "solver_order"),
     ("EulerDiscreteScheduler", "use_karras_sigmas", True, "use_karras_sigmas"),
 ])
@@ -790,3 +791,65 @@ def test_super_resolution_exports_are_unet2d_on_the_joined_channels(custom_expor
     assert index["unet"] == ["diffusers", "UNet2DModel"] and "outputs equal" in report.exact
     unet_cfg = json.loads((out / "unet" / "config.json").read_text())
     assert (unet_cfg["in_channels"], unet_cfg["out_channels"]) == (2, 1)
+
+
+# ---- the run's timestep grid: sample_spacing, set from an imported scheduler's timestep_spacing ----
+def test_sample_spacing_round_trips_and_old_configs_keep_the_trailing_grid():
+    cfg = TrainConfig(sample_spacing="linspace", T=20, sample_steps=4)
+    assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    old = json.loads(TrainConfig(T=20, sample_steps=4).to_json())
+    del old["sample_spacing"]  # a config.json written before the field existed
+    assert TrainConfig.from_dict(old).sample_spacing == "trailing"
+    with pytest.raises(ValueError, match="sample_spacing"):
+        TrainConfig(sample_spacing="karras")
+
+
+@pytest.mark.parametrize("scheduler, spacing", [("DDIMScheduler", "leading"), ("DDPMScheduler", "linspace")])
+def test_an_imported_pipeline_samples_on_its_own_grid_by_default(tmp_path, scheduler, spacing):
+    """DDIMScheduler's linspace grid is refused: it steps by T // steps, not along its grid."""
+    import difflab
+
+    folder = foreign_pipeline(tmp_path / "p", scheduler, timestep_spacing=spacing)
+    pipe = difflab.load(folder, device="cpu")
+    sampler = "ddim" if scheduler == "DDIMScheduler" else "ddpm"
+    assert (pipe.config.sample_spacing, pipe.config.sample_sampler) == (spacing, sampler)
+    ref = diffusers.DDPMPipeline.from_pretrained(folder)  # the pipeline class does not matter here
+    ref = (diffusers.DDIMPipeline if sampler == "ddim" else diffusers.DDPMPipeline)(unet=ref.unet,
+                                                                                     scheduler=ref.scheduler)
+    ref.set_progress_bar_config(disable=True)
+    extra = {"eta": 0.0} if sampler == "ddim" else {}
+    theirs = ref(batch_size=3, generator=seeded(3), num_inference_steps=8, output_type="np", **extra).images
+    np.testing.assert_allclose(theirs, as_np(pipe.sample(3, steps=8, seed=0)), atol=1e-4)
+    trailing = as_np(pipe.sample(3, steps=8, seed=0, spacing="trailing"))
+    assert np.abs(theirs - trailing).max() > 1e-2  # the grids differ, so the default is what matched
+
+
+def test_the_sample_command_takes_the_runs_grid_unless_told(tmp_path, capsys):
+    folder = foreign_pipeline(tmp_path / "p", "DDIMScheduler", timestep_spacing="leading")
+    grids = {}
+    for spacing in (None, "leading", "trailing"):
+        out = tmp_path / f"{spacing}.png"
+        flags = [] if spacing is None else ["--spacing", spacing]
+        code, _, err = cli(capsys, "sample", f"diffusers:{folder}", "--n", "2", "--steps", "5", "--out", out,
+                           "--device", "cpu", *flags)
+        assert code == 0, err
+        grids[spacing] = out.read_bytes()
+    assert grids[None] == grids["leading"] != grids["trailing"]
+
+
+def test_a_runs_grid_is_exported_as_its_timestep_spacing(tmp_path):
+    import difflab
+    from difflab.interop.export import export_run
+
+    run = make_run(tmp_path / "run", sample_spacing="leading")
+    export_run(run, tmp_path / "out")
+    pipe = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "out")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.scheduler.config.timestep_spacing == "leading"
+    theirs = pipe(batch_size=2, generator=seeded(2), num_inference_steps=4, use_clipped_model_output=True,
+                  output_type="np").images
+    ours = difflab.load(run, device="cpu").sample(2, sampler="ddim", steps=4)
+    np.testing.assert_allclose(theirs, as_np(ours), atol=1e-4)
+    with pytest.raises(ValueError, match="timestep grid 'seed002'"):
+        export_run(make_run(tmp_path / "seed002", sample_spacing="seed002"), tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()

@@ -232,7 +232,7 @@ class Pipeline:
         batch_size: int = 256,
         clip_x0: bool | None = None,
         variance: str | None = None,
-        spacing: str = "trailing",
+        spacing: str | None = None,
         sigmas: str | None = None,
         discrete: bool | None = None,
         class_labels: Sequence[int] | Tensor | None = None,
@@ -271,7 +271,8 @@ class Pipeline:
         ``sampler``, ``sigmas`` and ``options`` (s_churn, rho, simple_var, order, ...) are those of
         :func:`difflab.sample`. The run's config gives the defaults (a preset run samples as its
         note does): ``sampler``, ``steps`` (its ``sample_steps``, or T for ddpm when another
-        sampler is the run's), ``variance`` and ``clip_x0``. ``discrete`` defaults to True for
+        sampler is the run's), ``variance``, ``clip_x0`` and ``spacing`` (the timestep grid; an
+        imported diffusers pipeline's ``timestep_spacing``). ``discrete`` defaults to True for
         MyUNet, whose time embedding is a table of integer timesteps.
 
         ``noise`` ([n, C, H, W]) is the starting noise x_T itself instead of the seeds' draws (e.g.
@@ -302,6 +303,7 @@ class Pipeline:
             steps = cfg.sample_steps if own else (self.schedule.T if sampler == "ddpm" else DEFAULT_STEPS)
         clip_x0 = cfg.sample_clip if clip_x0 is None else clip_x0
         variance = variance or cfg.sample_variance
+        spacing = spacing or cfg.sample_spacing
         if discrete is None:
             from difflab.nets import MyUNet
 

@@ -32,6 +32,7 @@ RESUMABLE_CHANGES = (
     "sample_steps",
     "sample_variance",
     "sample_clip",
+    "sample_spacing",
     "sample_mix_offset",
     "sample_guidance",
     "epochs",
@@ -64,9 +65,10 @@ class TrainConfig(Config):
     (seed 000 keeps its best-loss model), and sampling then uses them.
 
     ``sample_*`` are the run's sampling defaults (``difflab sample`` and the grids during
-    training): sampler, steps, DDPM variance, x_0 clipping, ``sample_guidance`` (the classifier-free
-    guidance scale for conditional samples) and ``sample_mix_offset`` for the mixing sampler of
-    corrupt runs (factor ``1 / (steps - i + offset)``).
+    training): sampler, steps, DDPM variance, x_0 clipping, the timestep grid ``sample_spacing``
+    (trailing; an imported diffusers pipeline's ``timestep_spacing``), ``sample_guidance`` (the
+    classifier-free guidance scale for conditional samples) and ``sample_mix_offset`` for the mixing
+    sampler of corrupt runs (factor ``1 / (steps - i + offset)``).
 
     ``cond`` is what the network is conditioned on: ``"class"`` labels (the label is replaced by the
     null class with probability ``cond_drop``, so one model samples conditionally and
@@ -122,6 +124,7 @@ class TrainConfig(Config):
     sample_steps: int = 10
     sample_variance: Literal["beta", "beta_tilde"] = "beta"
     sample_clip: bool = True
+    sample_spacing: Literal["leading", "trailing", "linspace", "seed002"] = "trailing"
     sample_mix_offset: int = 0
     sample_guidance: float = 3.0
     class_names: tuple[str, ...] = ()

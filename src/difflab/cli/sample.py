@@ -27,9 +27,10 @@ def add_sample_args(p: argparse.ArgumentParser) -> None:
                    "ddpm for seed000/003/004, mix for the corrupt models")
     p.add_argument("--steps", type=positive_int,
                    help="sampling steps " + _run_default("steps", "sample_steps") + "; T for ddpm")
-    p.add_argument("--spacing", choices=SPACINGS, default="trailing",
+    p.add_argument("--spacing", choices=SPACINGS,
                    help="which of the T timesteps the steps visit; seed002 is note 002's DDIM grid "
-                   "(default: trailing)")
+                   "(default: the run's sample_spacing: trailing, or an imported pipeline's "
+                   "timestep_spacing)")
     p.add_argument("--sigmas", choices=GRIDS,
                    help="noise levels of the sigma samplers (euler, heun, dpmpp-*, unipc): the respaced "
                    "timesteps, karras or uniform log-snr (default: timesteps)")
@@ -90,6 +91,8 @@ def sample_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "sampler": args.sampler, "steps": args.steps, "eta": args.eta, "seed": args.seed,
         "clip_x0": args.clip, "variance": args.variance, "spacing": args.spacing, "sigmas": args.sigmas,
     }
+    if args.spacing is None:  # the run's own grid (the edits keep their trailing default)
+        del kwargs["spacing"]
     if args.guidance_rescale > 1:
         raise ValueError(f"--guidance-rescale must lie in [0, 1], got {args.guidance_rescale}")
     if args.simple_var:

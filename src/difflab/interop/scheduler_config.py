@@ -5,7 +5,7 @@ explicitly, never relying on a class default (a missing or partial config silent
 sampling: diffusers#1674, #9171): the schedule (``beta_schedule``, ``beta_start``, ``beta_end``, or
 the exact ``trained_betas`` where diffusers has no such named schedule), ``num_train_timesteps``,
 ``prediction_type``, ``rescale_betas_zero_snr``, ``clip_sample`` / ``clip_sample_range``,
-``thresholding``, ``timestep_spacing`` (``trailing``, difflab's default grid), ``steps_offset``
+``thresholding``, ``timestep_spacing`` (the run's ``sample_spacing``; trailing by default), ``steps_offset``
 (0), ``set_alpha_to_one`` (True: DDIM's last step lands on the clean image, as difflab's does) and,
 for DDPM, ``variance_type``.
 
@@ -14,8 +14,9 @@ Import (:func:`from_scheduler_config`) splits a config's fields three ways:
 - the model's forward process and what the network predicts (``num_train_timesteps``, the betas,
   ``prediction_type``, ``rescale_betas_zero_snr``, a learned ``variance_type``): honoured exactly,
   or a ``ValueError`` naming the field;
-- sampling choices difflab has (``clip_sample``, ``variance_type``, ``timestep_spacing``, the
-  scheduler class as the default sampler): carried into the run's sampling defaults;
+- sampling choices difflab has (``clip_sample``, ``variance_type``, ``timestep_spacing`` as
+  ``sample_spacing``, the scheduler class as the default sampler): carried into the run's sampling
+  defaults;
 - options difflab's samplers cannot reproduce (``thresholding``, ``clip_sample_range != 1``,
   ``set_alpha_to_one=False``, ``steps_offset`` on the leading grid, any sampler-tuning option of
   another scheduler class set away from that class's default): a ``ValueError`` naming the option
@@ -88,6 +89,7 @@ def to_scheduler_config(
     variance: str = "beta",
     class_name: str = "DDIMScheduler",
     betas: torch.Tensor | None = None,
+    spacing: str = "trailing",
 ) -> dict[str, Any]:
     """The full diffusers config of ``class_name`` (``DDIMScheduler`` or ``DDPMScheduler``) for a
     difflab run: every field that changes sampling is written. ``betas`` (float64, before any
@@ -103,6 +105,9 @@ def to_scheduler_config(
                          f"difflab exports {', '.join(SCHEDULES)}")
     if variance not in VARIANCES:
         raise ValueError(f"DDPM variance {variance!r} has no diffusers variance_type; use beta or beta_tilde")
+    if spacing not in ("leading", "trailing", "linspace"):
+        raise ValueError(f"the timestep grid {spacing!r} (sample_spacing) has no diffusers timestep_spacing; "
+                         "set the run's sample_spacing to trailing, leading or linspace")
     name, params = SCHEDULES[schedule]
     cfg: dict[str, Any] = {
         "_class_name": class_name,
@@ -118,7 +123,7 @@ def to_scheduler_config(
         "thresholding": False,
         "dynamic_thresholding_ratio": 0.995,
         "sample_max_value": 1.0,
-        "timestep_spacing": "trailing",
+        "timestep_spacing": spacing,
         "steps_offset": 0,
     }
     if betas is not None or name not in _NAMED[class_name]:
@@ -138,6 +143,7 @@ def run_scheduler_config(config: Any, class_name: str | None = None) -> dict[str
         config.schedule, config.T, config.prediction, zero_terminal_snr=config.zero_terminal_snr,
         clip=config.sample_clip, variance=config.sample_variance,
         class_name=class_name or _sampler_name(config.sample_sampler),
+        spacing=getattr(config, "sample_spacing", "trailing"),
     )
 
 
@@ -256,6 +262,10 @@ def from_scheduler_config(cfg: dict[str, Any], class_name: str | None = None) ->
     if spacing not in ("leading", "trailing", "linspace"):
         raise ValueError(f"timestep_spacing={spacing!r} has no difflab mapping; difflab has leading, "
                          "trailing and linspace")
+    if spacing == "linspace" and class_name == "DDIMScheduler":
+        raise ValueError("DDIMScheduler with timestep_spacing='linspace' steps from each timestep by "
+                         "T // steps, not to the next one of its grid, which no difflab sampler does; set "
+                         "timestep_spacing to leading or trailing in scheduler_config.json")
     offset = int(full.get("steps_offset", 0) or 0)
     if offset and spacing == "leading":
         raise ValueError(f"steps_offset={offset} on the leading grid has no difflab mapping (difflab's "
@@ -273,6 +283,7 @@ def from_scheduler_config(cfg: dict[str, Any], class_name: str | None = None) ->
         "zero_terminal_snr": zero_snr,
         "prediction": preds[pred_in],
         "sample_clip": clip,
+        "sample_spacing": spacing,
         "sample_sampler": sampler,
         "sample_steps": T if sampler == "ddpm" else min(50, T),
     }
