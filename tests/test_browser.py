@@ -111,6 +111,13 @@ def test_generate_explore_and_screenshot(server, browser):
     assert xt.get_attribute("src") != before
     assert b.find_element(By.CSS_SELECTOR, "#schedule-plot svg polyline") is not None
     assert not b.find_element(By.ID, "error").is_displayed()
+    steps = b.find_element(By.ID, "traj-steps")
+    steps.clear()
+    steps.send_keys("4")
+    b.find_element(By.ID, "traj-btn").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#trajectory img")) == 8)
+    wait.until(lambda d: all(d.execute_script("return arguments[0].naturalWidth", im) == 8
+                             for im in d.find_elements(By.CSS_SELECTOR, "#trajectory img")))
 
     b.find_element(By.CSS_SELECTOR, "#tabs button[data-tab='card']").click()
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#loss-plot svg polyline"))

@@ -116,7 +116,8 @@ def test_openapi_documents_every_route(client):
     for p in ("/api/models", "/api/generate", "/api/jobs/{job_id}", "/api/jobs/{job_id}/events",
               "/api/jobs/{job_id}/cancel", "/api/jobs/{job_id}/images/{k}.png", "/api/models/{model}/card",
               "/api/explore/{model}/forward", "/api/explore/{model}/schedule", "/api/explore/{model}/data",
-              "/api/edit/img2img", "/api/edit/inpaint", "/api/edit/interpolate", "/api/edit/upscale"):
+              "/api/edit/img2img", "/api/edit/inpaint", "/api/edit/interpolate", "/api/edit/upscale",
+              "/api/explore/trajectory"):
         assert p in paths, p
 
 
@@ -272,6 +273,23 @@ def test_forward_process_is_the_closed_form(client, models):
     np.testing.assert_array_equal(decoded("x0_hat"), to_uint8(out.x0.clamp(-1, 1))[0])
     moved = client.get("/api/explore/cls/forward", params={"t": 45, "index": 4, "seed": 9}).json()
     assert moved["xt"] != body["xt"] and moved["x0"] == body["x0"]
+
+
+def test_trajectory_frames_end_at_the_sample(client, models):
+    body = {"model": "cls", "steps": 5, "seed": 2, "sampler": "ddim", "label": "4"}
+    s = run_job(client, "/api/explore/trajectory", json=body)
+    assert len(s["images"]) == 10 and s["total"] == 5
+    frames = [png_pixels(client.get(u).content) for u in s["images"]]
+    pipe = models[0].pipe
+    x0s: list[torch.Tensor] = []
+    sample = pipe.sample(1, sampler="ddim", steps=5, seed=2, class_labels=[4],
+                         callback=lambda i, t, x, x0: x0s.append(x0.clamp(-1, 1)))
+    np.testing.assert_array_equal(frames[4], to_uint8(sample)[0])  # the last x_t is the sample
+    for k in range(5):
+        np.testing.assert_array_equal(frames[5 + k], to_uint8(x0s[k])[0])
+    assert s["commands"][4].startswith("difflab sample") and s["commands"][3] == ""
+    r = client.post("/api/explore/trajectory", json={"model": "cls", "steps": limits.MAX_TRAJECTORY + 1})
+    assert r.status_code == 422 and "at most" in r.json()["detail"]
 
 
 def test_schedule_curves(client, models):

@@ -221,6 +221,12 @@ def create_app(models: list[ServedModel], queue_size: int = limits.QUEUE_SIZE) -
         m = find(models, req.model)
         return submit(m, "generate", tasks.generate(m, req, req.n))
 
+    @app.post("/api/explore/trajectory", status_code=202, responses=created,
+              summary="A sample's denoising trajectory (a job): x_t after each step, then each predicted x0")
+    def explore_trajectory(req: Sampling) -> JSONResponse:
+        m = find(models, req.model)
+        return submit(m, "trajectory", tasks.trajectory(m, req))
+
     @app.get("/api/jobs/{job_id}", summary="A job's state and progress (and its images once done)")
     def job_status(job_id: JobId) -> dict[str, Any]:
         return board.get(job_id).status()

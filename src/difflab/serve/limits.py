@@ -8,6 +8,7 @@ MAX_PROMPT = 300  # characters of a prompt or negative prompt
 MAX_GUIDANCE = 30.0  # classifier-free guidance scale
 MAX_SEED = 2**31 - 1
 MAX_FRAMES = 16  # frames of a seed interpolation
+MAX_TRAJECTORY = 50  # steps of a denoising trajectory (each step is two frames)
 MAX_JUMPS = 20  # RePaint's jump length and resampling count
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024  # one uploaded image or mask
 MAX_UPLOAD_PIXELS = 4096 * 4096  # width x height of an upload, checked before it is decoded

@@ -13,6 +13,7 @@ from typing import Any
 from torch import Tensor
 
 from difflab.sampling import DEFAULT_STEPS
+from difflab.serve import limits
 from difflab.serve.jobs import Step
 from difflab.serve.models import ServedModel
 from difflab.serve.schemas import Conditioning, Sampling
@@ -212,3 +213,37 @@ def upscale(m: ServedModel, req: Sampling, small: Tensor, n: int) -> Task:
     params = {"model": m.name, "edit": "upscale", "sampler": sampler, "steps": steps, "seed": req.seed,
               "n": n}
     return Task(work, steps, params, [""] * n)
+
+
+def trajectory(m: ServedModel, req: Sampling) -> Task:
+    """One sample's denoising trajectory: x_t after every step, then the predicted x_0 of every
+    step (the result holds 2 x steps frames, x_t first; the last x_t is the sample)."""
+    import torch
+
+    if m.kind == "lowres":
+        raise ValueError(f"model {m.name} upscales images: its trajectory needs a small image (use the edit)")
+    sampler, steps = resolved(m, req.sampler, req.steps)
+    if steps > limits.MAX_TRAJECTORY:
+        raise ValueError(f"a trajectory shows at most {limits.MAX_TRAJECTORY} steps, got {steps}")
+    kwargs = conditioning(m, req, 1)
+
+    def work(step: Step) -> Tensor:
+        xs: list[Tensor] = []
+        x0s: list[Tensor] = []
+        report = counting(step, steps)
+
+        def record(i: int, t: Any, x: Tensor, x0: Tensor) -> None:
+            xs.append(x.float().cpu().clamp(-1, 1))
+            x0s.append(x0.float().cpu().clamp(-1, 1))
+            report(i, t, x, x0)
+
+        final = m.pipe.sample(1, sampler=None if sampler == "mix" else sampler, steps=steps, seed=req.seed,
+                              callback=record, **kwargs)
+        xs[-1] = final  # the sample itself (a latent run's decoded, clamped output)
+        return torch.cat([*xs, *x0s])
+
+    params = {"model": m.name, "edit": "trajectory", "sampler": sampler, "steps": steps, "seed": req.seed,
+              **req.model_dump(include={"label", "prompt", "negative_prompt", "guidance"}, exclude_none=True)}
+    commands = [""] * (2 * steps)
+    commands[steps - 1] = sample_command(m, sampler, steps, req.seed, req)  # the last x_t: the sample
+    return Task(work, steps, params, commands)

@@ -110,7 +110,7 @@ function watchJob(created, ui) {
       const s = JSON.parse(e.data);
       ui.bar.style.width = "100%";
       ui.text.textContent = `done in ${s.seconds} s`;
-      addToGallery(ui.gallery, s);
+      if (ui.onDone) ui.onDone(s); else addToGallery(ui.gallery, s);
       finish(s);
     });
     events.addEventListener("cancelled", (e) => { ui.text.textContent = "cancelled"; finish(JSON.parse(e.data)); });
@@ -290,6 +290,37 @@ async function drawSchedule(t) {
   ], { xlabel: "t", left: [0, 1], marker: t, markerId: "t-marker" });
 }
 
+function showTrajectory(status) {
+  const steps = status.params.steps;
+  const box = $("trajectory");
+  box.innerHTML = "";
+  box.style.gridTemplateColumns = `110px repeat(${steps}, minmax(28px, 64px))`;
+  const label = (text) => { const span = document.createElement("span"); span.textContent = text; box.append(span); };
+  label("step");
+  for (let i = 1; i <= steps; i++) label(String(i));
+  ["x_t after the step", "predicted x_0"].forEach((name, row) => {
+    label(name);
+    for (let i = 0; i < steps; i++) {
+      const img = document.createElement("img");
+      img.src = status.images[row * steps + i];
+      img.alt = `${name}, step ${i + 1}`;
+      box.append(img);
+    }
+  });
+}
+
+async function runTrajectory() {
+  showError("");
+  $("traj-btn").disabled = true;
+  try {
+    const body = { ...sampling(), ...conditioning(), seed: Number($("traj-seed").value || 0),
+                   steps: Number($("traj-steps").value || 10) };
+    const created = await postJSON("/api/explore/trajectory", body);
+    await watchJob(created, { bar: $("traj-bar"), text: $("traj-text"), preview: $("traj-preview"),
+                              cancel: $("traj-cancel"), onDone: showTrajectory });
+  } catch (err) { showError(err.message); } finally { $("traj-btn").disabled = false; }
+}
+
 // ---- model card ------------------------------------------------------------------------------------
 async function loadCard() {
   const m = state.model;
@@ -415,6 +446,7 @@ document.querySelectorAll("#tabs button").forEach((b) => { b.onclick = () => sho
 $("gen-form").addEventListener("submit", generate);
 $("t-slider").addEventListener("input", updateExplore);
 $("explore-seed").addEventListener("change", updateExplore);
+$("traj-btn").addEventListener("click", runTrajectory);
 setupMask();
 setupEdit();
 loadModels().catch((err) => showError(`cannot load the models: ${err.message}`));
