@@ -214,10 +214,11 @@ def test_a_dead_worker_stops_the_other_and_the_run_resumes_on_one_process(data, 
 
 def test_a_hung_worker_stops_the_other_after_the_timeout(data, tmp_path):
     """A worker that hangs (alive, silent) is caught by the process group's timeout."""
-    reports = train_on(2, config(data), tmp_path / "run", die=(1, 6), hang=8.0, timeout=3.0)
+    reports = train_on(2, config(data), tmp_path / "run", die=(1, 6), hang=6.0, timeout=2.0)
     err = reports[0]
     assert err["type"] == "TrainingError" and "lost the others" in err["error"], err
-    assert "3 s timeout" in err["error"] and 3.0 <= err["seconds"] < 8.0
+    # gloo's own words: the timeout fired (2 s), before the hung rank woke up and exited (6 s)
+    assert "2 s timeout" in err["error"] and "timed out" in err["error"].lower() and err["seconds"] >= 2.0
 
 
 def test_clock_decisions_are_rank_zeros(data, tmp_path):
