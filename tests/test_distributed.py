@@ -97,10 +97,13 @@ def _worker(rank: int, size: int, port: int, job: dict[str, Any], report: str) -
 
                 from difflab.cli import main
 
-                err = io.StringIO()
-                with contextlib.redirect_stderr(err):
-                    result["status"] = main(job["argv"])
-                result["stderr"] = err.getvalue()
+                err, out = io.StringIO(), io.StringIO()
+                for argv in job.get("argvs", [job.get("argv")]):
+                    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+                        result["status"] = main(argv)
+                    if result["status"]:
+                        break
+                result["stderr"], result["stdout"] = err.getvalue(), out.getvalue()
             else:
                 from difflab import load
                 from difflab.eval.evaluate import evaluate
@@ -265,3 +268,26 @@ def test_a_batch_too_small_to_split_is_a_one_line_usage_error(data, tmp_path):
     err = report.get("stderr", "").strip()
     assert report.get("status") == 2 and err.startswith("difflab: error:") and "\n" not in err, report
     assert "split over 1 process x 4 micro-batches; use --batch-size of at least 4" in err
+
+
+def test_sample_and_eval_commands_spread_over_the_processes(reference, tmp_path):
+    """``difflab sample --save-dir`` and ``difflab eval`` as each rank of a torchrun launch runs
+    them: the files of one process, written once by rank 0, which alone prints."""
+
+    def commands(where: Path) -> list[list[str]]:
+        return [["sample", str(reference), "--n", "5", "--steps", "2", "--seed", "3", "--device", "cpu",
+                 "--out", str(where / "grid.png"), "--save-dir", str(where / "pngs")],
+                ["eval", str(reference), "--n", "5", "--steps", "2", "--metrics", "fd-digit", "--device",
+                 "cpu", "--no-progress", "--json", str(where / "eval.json")]]
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    [single] = launch(1, {"kind": "cli", "argvs": commands(one)}, tmp_path)
+    spread = launch(2, {"kind": "cli", "argvs": commands(two)}, tmp_path)
+    assert single["status"] == 0 and [r["status"] for r in spread] == [0, 0], (single, spread)
+    assert spread[1]["stdout"] == "" and spread[0]["stdout"].count("wrote") == 2
+    files = sorted(p.name for p in (one / "pngs").iterdir())
+    assert len(files) == 5 and sorted(p.name for p in (two / "pngs").iterdir()) == files
+    for name in files:
+        assert (one / "pngs" / name).read_bytes() == (two / "pngs" / name).read_bytes()
+    fd = [json.loads((w / "eval.json").read_text())["scores"][0]["value"] for w in (one, two)]
+    assert fd[1] == pytest.approx(fd[0], rel=1e-5)
