@@ -253,7 +253,9 @@ def test_forward_process_is_the_closed_form(client, models):
     body = r.json()
     from difflab.data import load_dataset
 
-    x0 = load_dataset(m.pipe.config.data).batch(torch.arange(5))[0][4:5].float()
+    data = load_dataset(m.pipe.config.data)
+    index = round(4 * (len(data) - 1) / 31)  # the fifth of 32 images spread over the set
+    x0 = data.batch(torch.tensor([index]))[0].float()
     ab = m.pipe.schedule.alphas_cumprod[30]
     assert body["alpha_bar"] == pytest.approx(float(ab), rel=1e-12)
     assert body["log_snr"] == pytest.approx(float(torch.log(ab / (1 - ab))), rel=1e-9)
@@ -311,6 +313,21 @@ def test_data_images_and_model_card(client, runs):
     net = load_models([runs["cls"]], "cpu")[0].pipe.net
     assert card["parameters"] == sum(p.numel() for p in net.parameters())
     assert card["steps_trained"] == 6 and card["latest_eval"] is None
+
+
+def test_model_card_evaluation_curves(runs, tmp_path):
+    import shutil
+
+    run = tmp_path / "evaluated"
+    shutil.copytree(runs["cls"], run)
+    records = [{"step": 3, "eval": {"fd-digit": 40.0, "confident-digit": 0.5}},
+               {"step": 6, "eval": {"fd-digit": 25.0, "confident-digit": 0.75}}]
+    with (run / "log.jsonl").open("a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records) + '{"step": 7, "cut')  # cut last line
+    with TestClient(create_app(load_models([run], "cpu"))) as c:
+        card = c.get("/api/models/evaluated/card").json()
+    assert card["eval"] == [{"step": r["step"], **r["eval"]} for r in records]
+    assert card["latest_eval"] == {"step": 6, "fd-digit": 25.0, "confident-digit": 0.75}
 
 
 # ---- edits and uploads --------------------------------------------------------------------------------

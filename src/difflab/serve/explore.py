@@ -23,7 +23,7 @@ from difflab.noise import generators_from_seeds
 from difflab.serve.images import data_url, png_bytes
 from difflab.serve.models import ServedModel
 
-DATA_IMAGES = 32  # the first images of a run's data set offered on the page
+DATA_IMAGES = 32  # images of a run's data set offered on the page, evenly spaced through it
 
 
 def schedule_curves(m: ServedModel, points: int = 200) -> dict[str, Any]:
@@ -37,15 +37,21 @@ def schedule_curves(m: ServedModel, points: int = 200) -> dict[str, Any]:
             "log_snr": [float(v) if math.isfinite(v) else None for v in snr.tolist()]}
 
 
+def data_indices(size: int) -> Tensor:
+    """The indices of the offered images in a data set of ``size``: evenly spaced, first and last."""
+    return torch.linspace(0, size - 1, min(DATA_IMAGES, size)).round().long()
+
+
 def data_images(m: ServedModel) -> Tensor | None:
-    """The first images of the run's data set, [N, C, H, W] in [-1, 1], read once; None when the
-    run's data cannot be read here (then the model's own samples stand in)."""
+    """``DATA_IMAGES`` images evenly spaced through the run's data set (sorted sets show every
+    class), [N, C, H, W] in [-1, 1], read once; None when the run's data cannot be read here (then
+    the model's own samples stand in)."""
     from difflab.data import load_dataset
 
     if "data" not in m.cache:
         try:
             data = load_dataset(m.pipe.config.data)
-            x, _ = data.batch(torch.arange(min(DATA_IMAGES, len(data))))
+            x, _ = data.batch(data_indices(len(data)))
             m.cache["data"] = x.float() if tuple(x.shape[1:]) == m.pipe.image_shape else None
         except (ValueError, OSError):
             m.cache["data"] = None

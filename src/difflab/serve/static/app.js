@@ -330,16 +330,34 @@ async function loadCard() {
     ? svgPlot([{ x: card.loss.map((p) => p[0]), y: card.loss.map((p) => p[1]), color: "#2f6fde", label: "loss", axis: "left" }],
       { xlabel: "step" })
     : '<p class="muted">no log.jsonl in this run</p>';
+  const summary = { model: card.model, kind: [card.kind, card.latent ? "latent" : ""].filter(Boolean).join(" + "),
+                    parameters: card.parameters.toLocaleString("en"), weights: card.weights || "(in memory)",
+                    "steps trained": card.steps_trained ?? "—" };
+  $("card-summary").innerHTML = "";
+  $("card-summary").append(table(summary));
+  const palette = ["#2f6fde", "#e07b00", "#2a9d5c", "#b3261e", "#7b4fd0", "#6a7285"];
+  const names = [...new Set(card.eval.flatMap((r) => Object.keys(r)).filter((k) => k !== "step"))];
+  const numeric = names.filter((k) => card.eval.every((r) => r[k] === undefined || typeof r[k] === "number"));
+  $("eval-plot").innerHTML = card.eval.length > 1 && numeric.length
+    ? svgPlot(numeric.slice(0, 2).map((k, i) => ({
+      x: card.eval.filter((r) => typeof r[k] === "number").map((r) => r.step),
+      y: card.eval.filter((r) => typeof r[k] === "number").map((r) => r[k]),
+      color: palette[i], label: `${k} (${i ? "right" : "left"} axis)`, axis: i ? "right" : "left" })), { xlabel: "step" })
+    : '<p class="muted">fewer than two evaluations logged</p>';
   const latest = card.latest_eval;
   $("eval-latest").innerHTML = "";
   if (!latest) { $("eval-latest").innerHTML = '<p class="muted">no evaluation logged (train with --eval-every N)</p>'; return; }
-  const table = document.createElement("table");
-  for (const [k, v] of Object.entries(latest)) {
-    const row = table.insertRow();
+  $("eval-latest").append(table(latest));
+}
+
+function table(record) {
+  const out = document.createElement("table");
+  for (const [k, v] of Object.entries(record)) {
+    const row = out.insertRow();
     row.insertCell().textContent = k;
     row.insertCell().textContent = typeof v === "number" ? +v.toPrecision(5) : String(v);
   }
-  $("eval-latest").append(table);
+  return out;
 }
 
 // ---- edit -------------------------------------------------------------------------------------------
