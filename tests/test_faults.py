@@ -118,6 +118,22 @@ def test_resume_falls_back_past_a_corrupt_checkpoint_and_still_ends_identical(da
     assert kh.same_weights(tmp_path / "ref", run) == []
 
 
+def test_train_vae_resume_falls_back_past_a_corrupt_checkpoint_too(tmp_path):
+    from difflab.train.vae import train_vae
+    from tests.test_autoencoder import vae_config
+
+    cfg = vae_config(checkpoint_every=2, keep_checkpoints=3)
+    train_vae(cfg, tmp_path / "straight", progress=False, log=quiet)
+    train_vae(cfg.replace(steps=4), tmp_path / "vae", progress=False, log=quiet)
+    newest = tmp_path / "vae" / "checkpoints" / "step_0000004.pt"
+    newest.write_bytes(newest.read_bytes()[:100])
+    lines: list[str] = []
+    train_vae(cfg, tmp_path / "vae", resume=True, progress=False, log=lines.append)
+    assert any("step_0000004.pt is unreadable" in s and "resuming from step_0000002.pt" in s for s in lines)
+    a, b = (load_checkpoint(tmp_path / r / "checkpoints" / "step_0000006.pt") for r in ("straight", "vae"))
+    assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())  # redone from step 2, exactly
+
+
 def test_no_readable_checkpoint_is_a_clear_error(data, tmp_path):
     run = tmp_path / "run"
     fit(data, run, steps=8)
@@ -258,6 +274,7 @@ def test_skip_nonfinite_skips_and_counts_and_never_touches_the_ema(data, tmp_pat
 
 
 # ---- bad images ------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_bad_images_are_skipped_with_a_count_and_training_runs_past_them(data, tmp_path, monkeypatch):
     import io
 

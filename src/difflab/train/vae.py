@@ -47,8 +47,7 @@ from difflab.latent.space import WEIGHTS
 from difflab.nets.autoencoder import AutoencoderConfig, AutoencoderKL, check_divisible
 from difflab.nets.patch_discriminator import PatchDiscriminator
 from difflab.train.checkpoint import (
-    list_checkpoints,
-    load_checkpoint,
+    load_latest_checkpoint,
     prune_checkpoints,
     save_checkpoint,
 )
@@ -177,9 +176,10 @@ class VAETrainer:
         self.spent_before = float(state.get("train_seconds", 0.0))
 
     def resume(self) -> None:
-        found = list_checkpoints(self.out / "checkpoints")
+        """Continue from the newest readable checkpoint (an unreadable one is moved aside)."""
+        found = load_latest_checkpoint(self.out / "checkpoints", self.log)
         if found:
-            self.load_state_dict(load_checkpoint(found[-1][1]))
+            self.load_state_dict(found[1])
             self.log(f"resuming {self.out} from step {self.step}")
 
     def checkpoint(self) -> None:
