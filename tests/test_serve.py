@@ -523,6 +523,23 @@ def test_a_client_that_leaves_the_event_stream_frees_the_worker(slow):
     assert poll(base, after["id"], FINAL, timeout=10)["state"] == "done"
 
 
+def test_finished_jobs_are_kept_up_to_the_bound():
+    from difflab.serve.jobs import Job, JobBoard
+
+    board = JobBoard(["m"], queue_size=10, keep=2)
+    jobs = []
+    for i in range(5):
+        jobs.append(board.submit(Job("m", "generate", {"i": i}, lambda step, i=i: [i])))
+        while not jobs[-1].final:
+            time.sleep(0.001)
+    board.submit(Job("m", "generate", {}, lambda step: []))
+    with pytest.raises(LookupError, match="kept for the last 2"):
+        board.get(jobs[0].id)
+    assert [board.get(j.id).result for j in jobs[3:]] == [[3], [4]]
+    assert len(board.jobs) <= 3  # two finished and the newest
+    board.close()
+
+
 # ---- the command and the layers -------------------------------------------------------------------------
 def test_serve_command_warns_off_loopback_and_errors_in_one_line(runs, monkeypatch, capsys):
     from difflab.cli import main

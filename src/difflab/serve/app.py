@@ -31,6 +31,7 @@ from difflab.serve.images import (
 from difflab.serve.jobs import Job, JobBoard, QueueFull
 from difflab.serve.models import ServedModel, find
 from difflab.serve.schemas import GenerateRequest, InterpolateRequest, JobCreated, Sampling
+from difflab.viz import to_uint8
 
 log = logging.getLogger("difflab.serve")
 PAGE = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
@@ -206,7 +207,10 @@ def create_app(models: list[ServedModel], queue_size: int = limits.QUEUE_SIZE) -
 
     # ---- jobs --------------------------------------------------------------------------------------
     def submit(m: ServedModel, kind: str, task: tasks.Task) -> JSONResponse:
-        job = Job(m.name, kind, task.params, task.work, previewer=preview_png, commands=task.commands,
+        def work(step: Any) -> Any:
+            return to_uint8(task.work(step))  # kept as 8-bit [N, H, W, C]: a quarter of the floats' memory
+
+        job = Job(m.name, kind, task.params, work, previewer=preview_png, commands=task.commands,
                   total=task.total)
         board.submit(job)
         body = JobCreated(id=job.id, state=job.state, events=f"/api/jobs/{job.id}/events",

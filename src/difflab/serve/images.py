@@ -30,14 +30,14 @@ class TooLarge(UploadError):
     status = 413
 
 
-def pil_image(image: Tensor) -> Image.Image:
-    """One image [C, H, W] in [-1, 1] as a PIL image (grey for one channel)."""
+def pil_image(image: Tensor | np.ndarray) -> Image.Image:
+    """One image, [C, H, W] in [-1, 1] or uint8 [H, W, C], as a PIL image (grey for one channel)."""
     a = to_uint8(image)[0]
     return Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
 
 
-def png_bytes(image: Tensor, text: dict[str, str] | None = None) -> bytes:
-    """PNG bytes of one image [C, H, W] in [-1, 1], with ``text`` as iTXt chunks (UTF-8)."""
+def png_bytes(image: Tensor | np.ndarray, text: dict[str, str] | None = None) -> bytes:
+    """PNG bytes of one image (as :func:`pil_image` takes it), with ``text`` as iTXt chunks (UTF-8)."""
     info = PngImagePlugin.PngInfo()
     for k, v in (text or {}).items():
         info.add_itxt(k, v)  # iTXt: UTF-8, so prompts in any language survive

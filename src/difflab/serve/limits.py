@@ -14,7 +14,7 @@ MAX_UPLOAD_BYTES = 4 * 1024 * 1024  # one uploaded image or mask
 MAX_UPLOAD_PIXELS = 4096 * 4096  # width x height of an upload, checked before it is decoded
 MAX_IMAGE_SIDE = 1024  # the served runs' images (a run drawing larger ones is refused at start)
 QUEUE_SIZE = 8  # jobs waiting per model (one more runs)
-KEEP_JOBS = 256  # finished jobs kept for their results, oldest dropped first
+KEEP_JOBS = 128  # finished jobs kept for their results, oldest dropped first
 UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
 
 
