@@ -121,6 +121,14 @@ def test_openapi_documents_every_route(client):
         assert p in paths, p
 
 
+def test_api_reference_page_works_offline(client):
+    r = client.get("/docs")
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    assert "://" not in r.text  # Swagger UI's CDN script is not used
+    generate = r.text.split("<code>/api/generate</code>")[1].split("</section>")[0]
+    assert "<code>n</code> <i>integer (minimum 1" in generate and f"maximum {limits.MAX_IMAGES}" in generate
+
+
 def test_page_is_served_from_the_package_and_no_path_reaches_files(client, runs):
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]

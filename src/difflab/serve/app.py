@@ -19,6 +19,7 @@ from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, format_sse_event
 
 from difflab.serve import explore, limits, tasks
 from difflab.serve.card import model_card
+from difflab.serve.docs import api_page
 from difflab.serve.images import (
     UploadError,
     data_url,
@@ -128,7 +129,7 @@ def create_app(models: list[ServedModel], queue_size: int = limits.QUEUE_SIZE) -
         yield
         board.close()  # cancel what runs, stop the workers
 
-    app = FastAPI(title="difflab", version="1", docs_url="/docs", redoc_url=None, lifespan=lifespan,
+    app = FastAPI(title="difflab", version="1", docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Sample, guide, edit and explore trained difflab runs.")
     app.state.board, app.state.models = board, models
 
@@ -171,6 +172,10 @@ def create_app(models: list[ServedModel], queue_size: int = limits.QUEUE_SIZE) -
     @app.get("/app.js", include_in_schema=False)
     def script() -> Response:
         return static("app.js")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> Response:
+        return Response(api_page(app.openapi()), media_type="text/html; charset=utf-8")
 
     @app.get("/style.css", include_in_schema=False)
     def style() -> Response:
