@@ -122,6 +122,9 @@ def test_generate_explore_and_screenshot(server, browser):
     b.find_element(By.CSS_SELECTOR, "#tabs button[data-tab='card']").click()
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#loss-plot svg polyline"))
     assert '"cond": "class"' in b.find_element(By.ID, "card-config").text
+    # everything the page loaded came from the server itself: it works offline
+    loaded = b.execute_script("return performance.getEntriesByType('resource').map((e) => e.name)")
+    assert loaded and all(u.startswith(server) or u.startswith("data:") for u in loaded), loaded
 
 
 def test_inpaint_with_a_painted_mask_and_img2img(server, browser):

@@ -65,6 +65,7 @@ async function chooseModel(name) {
   show(".if-class", m.kind === "class");
   show(".if-text", m.kind === "text");
   show(".if-guided", m.kind === "class" || m.kind === "text");
+  show(".if-lowres", m.kind === "lowres");
   for (const edit of ["inpaint", "img2img", "interpolate", "upscale"]) show(`.if-edit-${edit}`, m.edits.includes(edit));
   $("generate-btn").disabled = m.kind === "lowres";
   $("t-slider").max = m.T - 1;
