@@ -81,6 +81,8 @@ class Pipeline:
             imported = load_diffusers(folder)
             pipe = cls(imported.net, imported.config, resolve_device(device))
             pipe.schedule = imported.schedule  # exact betas (trained_betas, other beta ranges)
+            if imported.text is not None:  # a text pipeline's own encoder, not difflab's
+                pipe.text_condition = imported.text
             return pipe
         run = Path(run)
         cfg_path = run / "config.json"

@@ -59,4 +59,37 @@ class ImportedUNet(nn.Module):
         return self.inner(x, t, class_labels=class_labels).sample
 
 
-__all__ = ["ImportedUNet"]
+
+
+
+class ImportedCondUNet(nn.Module):
+    """A loaded ``UNet2DConditionModel`` (``.inner``) as a difflab text-conditional network:
+    ``context`` [B, L, cross_attention_dim] (the pipeline's own text encoder's states, from
+    :class:`~difflab.interop.text.FolderTextCondition`) goes in as ``encoder_hidden_states``.
+    Every sample needs a context: the null condition is the encoded empty prompt, as in diffusers."""
+
+    name = "UNet2DConditionModel"
+    num_classes = 0
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        self.inner = unet
+        cfg = unet.config
+        self.config: Any = cfg
+        self.in_channels = int(cfg.in_channels)
+        size = cfg.sample_size
+        self.image_size = int(size[0] if isinstance(size, (list, tuple)) else size) if size else None
+        dim = cfg.cross_attention_dim
+        self.context_dim = int(dim[0] if isinstance(dim, (list, tuple)) else dim)
+
+    def forward(self, x: Tensor, t: Tensor, *, class_labels: Tensor | None = None,
+                context: Tensor | None = None) -> Tensor:
+        check_image(self.name, x, self.in_channels, self.image_size)
+        check_conditioning(self.name, class_labels, context, 0, self.context_dim, len(x))
+        if context is None:
+            raise ValueError("this UNet2DConditionModel needs encoded prompts (the empty prompt is its "
+                             "unconditional input); sample it with prompts")
+        t = check_timesteps(self.name, t, len(x), x.device)
+        return self.inner(x, t, encoder_hidden_states=context.to(x.dtype)).sample
+
+__all__ = ["ImportedCondUNet", "ImportedUNet"]
