@@ -23,7 +23,14 @@ def cmd_export(args: argparse.Namespace) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     from difflab.interop.export import SCHEDULER_CHOICES, WEIGHT_CHOICES
 
-    p = sub.add_parser("export", help="write a run as a diffusers pipeline folder")
+    p = sub.add_parser(
+        "export", help="write a run as a diffusers pipeline folder",
+        description="Write a run as a folder DiffusionPipeline.from_pretrained(OUT) loads with no network: "
+        "DDIMPipeline/DDPMPipeline for unconditional pixel runs; for class-conditional, latent (vae/: "
+        "AutoencoderKL with the run's scaling_factor and shift_factor), text (the MiniLM text encoder, "
+        "difflab's UNet as the custom component unet/difflab_unet.py) and super-resolution runs the "
+        "folder's pipeline_difflab.py, loaded with trust_remote_code=True. Every converted network is "
+        "checked by equal outputs before anything is written; the run folder is only read.")
     p.add_argument("run", type=Path, help="run folder written by `difflab train` (only read)")
     p.add_argument("out", type=Path, help="the new pipeline folder (must not exist, or be empty)")
     p.add_argument("--to", choices=("diffusers",), required=True,

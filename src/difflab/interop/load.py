@@ -18,9 +18,14 @@ config), which restores the run's data, classes and sampling recipe. Nothing is 
 A ``vae/`` (``AutoencoderKL``) makes it a latent pipeline: the run config's ``latent`` names it
 (``diffusers:DIR/vae``), and its own ``scaling_factor`` / ``shift_factor`` scale the latents.
 
+A ``UNet2DConditionModel`` with ``text_encoder/`` and ``tokenizer/`` on disk is a text pipeline:
+:class:`~difflab.interop.nets.ImportedCondUNet` under the network contract, its prompts encoded by
+the folder's own encoder (:class:`~difflab.interop.text.FolderTextCondition`). A difflab text
+export (``DifflabUNet``) comes back as the run's own UNet and text encoder (from ``difflab.json``).
+
 Refused with a one-line error: a folder that is not a pipeline, missing weights, a component
-difflab would have to ignore (a text encoder), ``UNet2DConditionModel`` (text-conditional
-diffusers pipelines condition through their own text encoder, which difflab does not run yet).
+difflab would have to ignore, a text encoder that is not on disk, a ``UNet2DConditionModel``
+without one or with class / added-time / timestep-cond embeddings, super-resolution exports.
 """
 
 from __future__ import annotations
