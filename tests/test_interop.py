@@ -919,3 +919,14 @@ def test_a_text_export_imports_back_as_the_run(custom_exports):
     torch.testing.assert_close(back.sample(2, sampler="ddim", steps=4, seed=0, **kwargs),
                                original.sample(2, sampler="ddim", steps=4, seed=0, **kwargs), atol=1e-5,
                                rtol=0)
+
+
+def test_the_upscale_pipeline_reads_pil_images_as_difflab_reads_image_files():
+    from PIL import Image
+
+    from difflab.interop.pipeline_difflab import DifflabUpscalePipeline
+
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 4, 4), dtype=np.uint8)
+    as_tensor = DifflabUpscalePipeline._as_tensor(None, [Image.fromarray(p) for p in pixels])
+    expected = torch.from_numpy(pixels).float()[:, None] / 127.5 - 1
+    torch.testing.assert_close(as_tensor, expected)
