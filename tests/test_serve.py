@@ -563,9 +563,11 @@ def test_serve_command_warns_off_loopback_and_errors_in_one_line(runs, monkeypat
     assert (seen["host"], seen["port"]) == ("0.0.0.0", 7999)
     assert main(["serve", str(runs["cls"]), "--device", "cpu"]) == 0
     assert "warning" not in capsys.readouterr().err and seen["host"] == "127.0.0.1" and seen["port"] == 7860
-    assert main(["serve", str(runs["cls"].parent / "missing")]) != 0
+    assert main(["serve", str(runs["cls"].parent / "missing")]) == 1  # the files' fault, not the flags'
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot serve" in err and "Traceback" not in err
+    assert main(["serve", str(runs["cls"]), "--port", "70000"]) == 2  # a bad flag
+    assert "--port must lie in 1..65535" in capsys.readouterr().err
 
 
 SERVE_WITHOUT_TRAINING = """

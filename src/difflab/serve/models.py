@@ -66,15 +66,17 @@ class ServedModel:
 
 
 def load_models(runs: list[str | Path], device: str = "auto") -> list[ServedModel]:
-    """Load every run (a one-line error naming the run that does not load); names are the
+    """Load every run (an error of the same kind naming the run that does not load); names are the
     folders' names, numbered where two are the same."""
     models: list[ServedModel] = []
     seen: dict[str, int] = {}
     for run in runs:
         try:
             pipe = load(run, device)
-        except (ValueError, OSError, CheckpointError) as err:
-            raise ValueError(f"cannot serve {run}: {err}") from None
+        except CheckpointError as err:  # a missing or broken run: the files' fault (exit status 1)
+            raise CheckpointError(f"cannot serve {run}: {err}") from None
+        except (ValueError, OSError) as err:
+            raise type(err)(f"cannot serve {run}: {err}") from None
         _, h, w = pipe.image_shape
         if max(h, w) > limits.MAX_IMAGE_SIDE:
             raise ValueError(f"cannot serve {run}: its images are {w}x{h}, above the page's "
