@@ -261,6 +261,17 @@ def test_distributed_eval_equals_one_process(data, reference, tmp_path):
     assert len(one["pngs"]) == 5 and two[0]["pngs"] == one["pngs"] and "pngs" not in two[1]
 
 
+def test_the_train_command_on_each_rank_equals_one_process(data, reference, tmp_path):
+    """``difflab train`` (a new run: rank 0 alone times steps for its estimate first) run by each
+    rank of a 2-process group, with 2 micro-batches, ends with the reference weights."""
+    argv = ["train", "--data", f"folder:{data}", "--out", str(tmp_path / "run"), "--steps", str(STEPS), *ARGS,
+            "--batch-size", "10", "--grad-accum", "2"]
+    reports = launch(2, {"kind": "cli", "argv": argv}, tmp_path)
+    assert [r.get("status") for r in reports] == [0, 0], reports
+    assert reports[1]["stdout"] == "" and "trained 8 steps" in reports[0]["stdout"]
+    assert_same_weights(final_state(tmp_path / "run"), final_state(reference))
+
+
 def test_a_batch_too_small_to_split_is_a_one_line_usage_error(data, tmp_path):
     argv = ["train", "--data", f"folder:{data}", "--out", str(tmp_path / "run"), "--steps", "1", *ARGS,
             "--batch-size", "3", "--grad-accum", "4"]

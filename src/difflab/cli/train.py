@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -222,14 +223,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.nproc > 1 and not launched():
         relaunch(args.argv, args.nproc)
         return
-    with process_group(resolve_device(cfg.device), timeout=args.dist_timeout) as world:
-        if world.main and cfg.preset and not args.resume:
+    if int(os.environ.get("RANK", "0")) == 0:  # timed on this process alone, before joining the others
+        if cfg.preset and not args.resume:
             for line in describe_preset(cfg, args.small):
                 print(line, flush=True)
-        elif world.main and not args.resume:
+        elif not args.resume:
             from difflab.train.estimate import estimate
 
             print(estimate(cfg).describe(), flush=True)
+    with process_group(resolve_device(cfg.device), timeout=args.dist_timeout) as world:
         result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress,
                        skip_nonfinite=args.skip_nonfinite, grad_accum=args.grad_accum)
         if world.main:

@@ -28,6 +28,7 @@ the global state (batcher, generator, step), so a run resumes on any number of p
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import time
@@ -374,7 +375,9 @@ class Trainer:
         self.cfg, self.out, self.device, self.log = cfg, out, device, log
         self.world: World = world()  # this process among the run's (one of one without torchrun)
         self.pixels = data  # the images; ``data`` is what the steps draw from (latents for latent runs)
-        with self.world.main_first():  # rank 0 writes a latent run's cache, the others read it
+        # rank 0 writes a latent run's cache, the others read it; other runs build with no collective
+        # (a Trainer built on one rank alone, as the step-time estimate does, must not wait for the rest)
+        with self.world.main_first() if cfg.latent else nullcontext():
             self.space, self.data = self._latent_data(data) if cfg.latent else (None, data)
         torch.manual_seed(cfg.seed)
         self.net = build_net(cfg.net).to(device)
@@ -511,7 +514,11 @@ class Trainer:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device] if self.device.type == "cuda" else None
-        self.ddp = DistributedDataParallel(self.net, device_ids=ids, broadcast_buffers=False)
+        # Buffers (constant tables here) are not re-sent before every forward pass.
+        params = inspect.signature(DistributedDataParallel).parameters
+        flag = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+        no_buffer_sync = {flag: False}
+        self.ddp = DistributedDataParallel(self.net, device_ids=ids, **no_buffer_sync)
         self.model = torch.compile(self.ddp) if self.cfg.compile else self.ddp
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
