@@ -70,6 +70,25 @@ def int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def add_base_training_args(p: argparse.ArgumentParser, steps: int, lr: float, seed_help: str) -> None:
+    """The flags every training of something on top of a base run shares (LoRA, DreamBooth,
+    ControlNet): length, learning rate, batch, seed, the base's weights, intervals, device, resume."""
+    p.add_argument("--steps", type=positive_int, help=with_default("optimizer steps", steps))
+    p.add_argument("--time-budget", type=duration, metavar="DURATION",
+                   help="train for this long instead of --steps (e.g. 5m)")
+    p.add_argument("--lr", type=positive_float, default=lr, help=with_default("learning rate", lr))
+    p.add_argument("--batch-size", type=positive_int, help="images per step (default: the run's)")
+    p.add_argument("--seed", type=int, default=0, help=with_default(seed_help, 0))
+    p.add_argument("--weights", choices=("last", "best"),
+                   help="which weights of the base run (default: as difflab sample)")
+    p.add_argument("--sample-every", type=positive_int, help="sample grid every N steps (default: the run's)")
+    p.add_argument("--checkpoint-every", type=positive_int,
+                   help="checkpoint every N steps (default: the run's)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the run's)")
+    p.add_argument("--resume", action="store_true", help="continue --out from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 AUTOENCODER_HELP = ("latent runs: where the run's autoencoder is now, if it moved since training "
                     "(diffusers:DIR or a train-vae run; checked against the run's digest)")
 

@@ -6,7 +6,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from difflab.cli.args import duration, non_negative_float, positive_float, positive_int, with_default
+from difflab.cli.args import (
+    add_base_training_args,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    with_default,
+)
 
 
 def add_lora_args(p: argparse.ArgumentParser) -> None:
@@ -118,23 +124,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "attention"))
     p.add_argument("--lora-dropout", type=non_negative_float, default=0.0,
                    help=with_default("dropout on the adapter's input", 0.0))
-    p.add_argument("--steps", type=positive_int, help=with_default("optimizer steps", DEFAULT_STEPS))
-    p.add_argument("--time-budget", type=duration, metavar="DURATION",
-                   help="train for this long instead of --steps (e.g. 5m)")
-    p.add_argument("--lr", type=positive_float, default=DEFAULT_LR,
-                   help=with_default("learning rate", DEFAULT_LR))
-    p.add_argument("--batch-size", type=positive_int, help="images per step (default: the run's)")
-    p.add_argument("--seed", type=int, default=0,
-                   help=with_default("seed of the adapter's init and the steps", 0))
-    p.add_argument("--weights", choices=("last", "best"),
-                   help="which weights of the base run (default: as difflab sample)")
-    p.add_argument("--sample-every", type=positive_int,
-                   help="sample grid every N steps (default: the run's)")
-    p.add_argument("--checkpoint-every", type=positive_int,
-                   help="checkpoint every N steps (default: the run's)")
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the run's)")
-    p.add_argument("--resume", action="store_true", help="continue --out from its last checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_base_training_args(p, DEFAULT_STEPS, DEFAULT_LR, "seed of the adapter's init and the steps")
     p.set_defaults(func=cmd_finetune)
 
     m = sub.add_parser("merge-lora",
