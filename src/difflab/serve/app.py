@@ -12,10 +12,11 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import FastAPI, File, Form, HTTPException, Path, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Path, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, format_sse_event
+from pydantic import ValidationError
 
 from difflab.serve import explore, limits, tasks
 from difflab.serve.card import model_card
@@ -68,25 +69,52 @@ def _message(errors: list[Any]) -> str:
 
 
 class BodyLimit:
-    """Refuse a request whose Content-Length is over ``limit`` with a 413 before its body is read
-    (plain ASGI: streaming responses and disconnects pass through untouched)."""
+    """Refuse a request whose Content-Length is over ``limit`` with a 413 before its body is read,
+    and one sent without a Content-Length (chunked) as soon as the bytes read pass ``limit``: the
+    count raises an HTTPException inside the request's handling, so the 413 is the app's JSON and
+    the rest of the body is never read (plain ASGI: streaming responses and disconnects pass through
+    untouched). FastAPI's own ``max_body_size`` sits outside the app's middleware and answers some
+    of these in plain text."""
 
     def __init__(self, app: Any, limit: int) -> None:
         self.app, self.limit = app, limit
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            size = dict(scope.get("headers") or ()).get(b"content-length", b"0")
-            if not size.isdigit() or int(size) > self.limit:
-                response = JSONResponse({"detail": f"the request body is larger than {self.limit} bytes"},
-                                        status_code=413)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"the request body is larger than {self.limit} bytes"
+        size = dict(scope.get("headers") or ()).get(b"content-length", b"0")
+        if not size.isdigit() or int(size) > self.limit:
+            await JSONResponse({"detail": message}, status_code=413)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> dict[str, Any]:
+            nonlocal seen
+            event = await receive()
+            seen += len(event.get("body", b"")) if event["type"] == "http.request" else 0
+            if seen > self.limit:
+                raise HTTPException(413, message)
+            return event
+
+        await self.app(scope, counted, send)
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:
     return format_sse_event(data_str=json.dumps(data), event=event)
+
+
+async def known_form_fields(request: Request) -> None:
+    """Refuse form fields the route does not take (a JSON body's extra fields are refused by its
+    model), so a misspelt parameter is not silently left at its default."""
+    route = request.scope.get("route")
+    known = {p.alias for p in getattr(getattr(route, "dependant", None), "body_params", ())}
+    unknown = sorted(set((await request.form()).keys()) - known)
+    if unknown:
+        raise ValueError(f"unknown field{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(repr(u[:40]) for u in unknown[:5])}; this endpoint takes "
+                         f"{', '.join(sorted(known))}")
 
 
 async def job_events(job: Job, request: Request) -> AsyncIterator[bytes]:
@@ -136,6 +164,11 @@ def create_app(models: list[ServedModel], queue_size: int = limits.QUEUE_SIZE) -
     # ---- errors: one readable line, never a traceback -----------------------------------------
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in err.errors()]
+        return JSONResponse({"detail": _message(errors), "errors": errors}, status_code=422)
+
+    @app.exception_handler(ValidationError)  # a model built in an endpoint (a form's Sampling)
+    async def _invalid_model(request: Request, err: ValidationError) -> JSONResponse:
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in err.errors()]
         return JSONResponse({"detail": _message(errors), "errors": errors}, status_code=422)
 
@@ -224,6 +257,7 @@ def create_app(models: list[ServedModel], queue_size: int = limits.QUEUE_SIZE) -
 
     created = {202: {"model": JobCreated, "description": "the job is queued"},
                503: {"description": "the model's queue is full (see Retry-After)"}}
+    form = [Depends(known_form_fields)]
 
     @app.post("/api/generate", status_code=202, responses=created, summary="Queue a generation")
     def generate(req: GenerateRequest) -> JSONResponse:
@@ -290,7 +324,7 @@ def create_app(models: list[ServedModel], queue_size: int = limits.QUEUE_SIZE) -
         data = await upload.read(limits.MAX_UPLOAD_BYTES + 1)
         return data
 
-    @app.post("/api/edit/img2img", status_code=202, responses=created,
+    @app.post("/api/edit/img2img", status_code=202, responses=created, dependencies=form,
               summary="Image-to-image (SDEdit): noise an uploaded image to `strength` and denoise")
     async def edit_img2img(model: FormModel, image: Upload,
                            strength: Strength = 0.6, steps: Steps = None,
@@ -303,7 +337,7 @@ def create_app(models: list[ServedModel], queue_size: int = limits.QUEUE_SIZE) -
         x = upload_image(await read(image), m.pipe.image_shape)
         return submit(m, "img2img", tasks.img2img(m, req, x, strength, n))
 
-    @app.post("/api/edit/inpaint", status_code=202, responses=created,
+    @app.post("/api/edit/inpaint", status_code=202, responses=created, dependencies=form,
               summary="Inpaint: regenerate where the mask is white, keep the rest (RePaint)")
     async def edit_inpaint(model: FormModel, image: Upload, mask: Upload, steps: Steps = None,
                            seed: Seed = 0, n: Count = 1,
@@ -327,7 +361,7 @@ def create_app(models: list[ServedModel], queue_size: int = limits.QUEUE_SIZE) -
         m = find(models, req.model)
         return submit(m, "interpolate", tasks.interpolate(m, req, req.seed_b, req.frames))
 
-    @app.post("/api/edit/upscale", status_code=202, responses=created,
+    @app.post("/api/edit/upscale", status_code=202, responses=created, dependencies=form,
               summary="Super-resolution with a --cond lowres run: upscale an uploaded small image")
     async def edit_upscale(model: FormModel, image: Upload, steps: Steps = None, seed: Seed = 0,
                            n: Count = 1, sampler: SamplerName = None) -> JSONResponse:

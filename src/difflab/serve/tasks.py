@@ -113,9 +113,18 @@ def generate(m: ServedModel, req: Sampling, n: int) -> Task:
     return Task(work, steps, params, [sample_command(m, sampler, steps, req.seed + k, req) for k in range(n)])
 
 
+def check_edit(m: ServedModel, edit: str) -> None:
+    """Refuse, before anything is queued, an edit the model does not list (``ServedModel.edits``)."""
+    if edit not in m.edits:
+        can = f"its edits are {', '.join(m.edits)}" if m.edits else "it has no edits"
+        raise ValueError(f"model {m.name} ({'latent ' if m.pipe.latent is not None else ''}{m.kind}) "
+                         f"cannot {edit}: {can}")
+
+
 def img2img(m: ServedModel, req: Sampling, image: Tensor, strength: float, n: int) -> Task:
     from difflab.edit import img2img_run, plan_img2img
 
+    check_edit(m, "img2img")
     sampler, steps = resolved(m, req.sampler, req.steps)
     if sampler == "mix":
         raise ValueError(f"model {m.name} was trained with --objective corrupt and cannot edit images")
@@ -137,6 +146,7 @@ def inpaint(m: ServedModel, req: Sampling, image: Tensor, mask: Tensor, n: int, 
             jump_length: int, jump_n_sample: int) -> Task:
     from difflab.edit import inpaint_run, repaint_levels
 
+    check_edit(m, "inpaint")
     steps = req.steps or min(50, m.pipe.schedule.T)
     if steps > m.pipe.schedule.T:
         raise ValueError(f"steps must be at most the model's T = {m.pipe.schedule.T}, got {steps}")
