@@ -37,6 +37,7 @@ import math
 import os
 import random
 import re
+import select
 import socket
 import ssl
 import subprocess
@@ -669,7 +670,7 @@ def chunked_oversize(served: Served, path: str = "/api/edit/img2img", over: int 
                      f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n".encode())
         sent, piece = 0, multipart_head()
         try:
-            while sent <= MAX_BODY + over:
+            while sent <= MAX_BODY + over and not select.select([sock], [], [], 0)[0]:  # no answer yet
                 sock.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
                 sent += len(piece)
                 piece = b"\0" * 65536

@@ -64,7 +64,8 @@ def test_every_fuzzed_request_gets_a_one_line_4xx(served, runs):
     ("/api/edit/inpaint", {"model": "sr"}, 422, "cannot inpaint"),
 ], ids=["misspelt-form-field", "form-sampler", "img2img-on-upscaler", "inpaint-on-upscaler"])
 def test_what_the_fuzzing_found(served, path, form, status, words):
-    """Once accepted (and failed later in the worker, or silently ignored), or a multi-line 422."""
+    """Before the fixes these were accepted (then failed in the worker, or left the misspelt field
+    at its default) or answered with pydantic's multi-line message."""
     sizes = ss.uploads()
     files = {"image": ("a.png", sizes["image"], "image/png")}
     if path.endswith("inpaint"):
