@@ -387,7 +387,8 @@ def api_cases(f: dict[str, Path]) -> list[Case]:
           for i, (what, cfg) in enumerate([
         ("steps=0", "steps=0"), ("batch_size=-1", "batch_size=-1"), ("unknown net", "net_kind='bogus'"),
         ("lr=nan", "lr=float('nan')"), ("lr=inf", "lr=float('inf')"), ("ema_decay=2", "ema_decay=2.0"),
-        ("steps='10'", "steps='10'"), ("T=1", "T=1"),
+        ("steps='10'", "steps='10'"), ("steps=True", "steps=True"), ("steps=2.5", "steps=2.5"),
+        ("lr='1e-3'", "lr='1e-3'"), ("seed=None", "seed=None"), ("T=1", "T=1"),
     ])]
 
 

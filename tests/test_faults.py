@@ -299,6 +299,11 @@ def test_bad_images_are_skipped_with_a_count_and_training_runs_past_them(data, t
     assert result.steps == 6  # 18 images, batch 8: past the end of two epochs
     said = [s for s in lines if "skipped 4 unreadable file(s)" in s]
     assert len(said) == 1 and "18 images" in said[0], lines
+    records = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    counted = [r for r in records if "skipped_files" in r]
+    assert len(counted) == 1 and counted[0]["skipped_files"] == 4 and counted[0]["step"] == 0, records
+    assert sorted(f.split(":")[0] for f in counted[0]["files"]) == ["bomb.png", "empty.png", "text.jpg",
+                                                                    "truncated.png"]
 
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -374,14 +379,78 @@ def test_a_run_in_use_is_refused_and_the_lock_dies_with_its_holder(data, tmp_pat
     try:
         with pytest.raises(RunInUseError, match="in use by another difflab process"):
             fit(data, run, steps=8, resume=True)
-        for cmd in (["train", "--data", f"folder:{data}", "--out", run, "--resume", "--no-progress"],
-                    ["train-vae", "--data", f"folder:{data}", "--out", run, "--no-progress"]):
-            code, err = run_main(cmd, capsys)
-            assert code == 1 and "in use by another difflab process" in one_line(err), cmd
         assert folder_digest(run) == before
     finally:
         os.close(fd)
     assert fit(data, run, steps=8, resume=True).steps == 8
+
+    fresh = tmp_path / "fresh"  # a new folder another process has just taken
+    fresh.mkdir()
+    labelled = tmp_path / "labelled"
+    for i, p in enumerate(sorted(data.iterdir())):
+        (labelled / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        (labelled / "ab"[i % 2] / p.name).write_bytes(p.read_bytes())
+    fd = os.open(fresh / LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        for cmd in (["train", "--data", f"folder:{data}", "--out", fresh, "--no-progress"],
+                    ["train-vae", "--data", f"folder:{data}", "--out", fresh, "--no-progress"],
+                    ["train-classifier", "--data", f"folder:{labelled}", "--out", fresh, "--no-progress"]):
+            code, err = run_main(cmd, capsys)
+            assert code == 1 and "in use by another difflab process" in one_line(err), cmd
+        assert [p.name for p in fresh.iterdir()] == [LOCK_NAME]
+    finally:
+        os.close(fd)
+
+
+def test_refused_commands_leave_a_run_without_a_lock_file_as_it_was(data, tmp_path, capsys):
+    """A run written before run folders had locks: a refused command must not add one (nor any
+    other byte); the checks run before the lock is taken, and again under it."""
+    run = tmp_path / "old"
+    fit(data, run, steps=4)
+    (run / LOCK_NAME).unlink()
+    before = folder_digest(run)
+    tiny = ["--base-channels", "8", "--channel-mult", "1,2", "--res-blocks", "1", "--attention-res", "none",
+            "--no-progress"]
+    cases = {  # what -> (command, what its error says)
+        "new run over it": (["train", "--data", f"folder:{data}", "--out", run, *tiny],
+                            "already holds a run"),
+        "resume, other flags": (["train", "--data", f"folder:{data}", "--out", run, "--resume", "--lr", "0.5",
+                                 *tiny], "was trained with different"),
+        "train-vae over it": (["train-vae", "--data", f"folder:{data}", "--out", run, "--no-progress"],
+                              "already holds a run"),
+        "train-vae --resume of a diffusion run": (["train-vae", "--data", f"folder:{data}", "--out", run,
+                                                   "--resume", "--no-progress"], "not a train-vae config"),
+        "classifier over it": (["train-classifier", "--data", f"folder:{data}", "--out", run,
+                                "--no-progress"], "already holds a run"),
+    }
+    for what, (cmd, says) in cases.items():
+        code, err = run_main(cmd, capsys)
+        assert code == 1 and says in one_line(err), (what, err)
+        assert not (run / LOCK_NAME).exists() and folder_digest(run) == before, what
+
+    base = tmp_path / "base"
+    fit(data, base, steps=2)
+    for cmd in (["finetune", base, "--data", f"folder:{data}", "--out", run, "--steps", "2", "--no-progress"],
+                ["train-controlnet", base, "--control", "mask", "--data", f"folder:{data}", "--out", run,
+                 "--steps", "2", "--no-progress"]):
+        code, err = run_main(cmd, capsys)
+        assert code == 1 and "already holds a run" in one_line(err), cmd
+        assert not (run / LOCK_NAME).exists() and folder_digest(run) == before, cmd[0]
+
+
+def test_configs_refuse_values_of_the_wrong_type_by_field(data, tmp_path):
+    cfg = kh.config(data, steps=2)
+    for field, value, want in (("steps", "10", "int"), ("steps", True, "int"), ("steps", 2.5, "int"),
+                               ("lr", "1e-3", "float"), ("time_budget", "60", "float or None"),
+                               ("seed", None, "int")):
+        with pytest.raises(TypeError, match=f"TrainConfig.{field} must be {want}, got "):
+            cfg.replace(**{field: value})
+    assert cfg.replace(lr=1, time_budget=None).lr == 1  # an int is a float; None where allowed
+    out = tmp_path / "typo"
+    with pytest.raises(TypeError, match="steps must be int"):
+        train(cfg.replace(steps="10"), out, progress=False, log=quiet)
+    assert not out.exists()
 
 
 # ---- file modes ------------------------------------------------------------------------------

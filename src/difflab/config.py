@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import types
 import typing
 from pathlib import Path
@@ -35,6 +36,31 @@ def _literal_choices(tp: Any) -> tuple[Any, ...] | None:
     return None
 
 
+_SCALARS: dict[type, tuple[type, ...]] = {
+    bool: (bool,),
+    int: (numbers.Integral,),
+    float: (numbers.Real,),
+    str: (str,),
+}
+
+
+def check_scalar(name: str, value: Any, tp: Any) -> None:
+    """Raise ``TypeError`` when ``value`` is not of the scalar type ``tp`` (``int``, ``float``, ``str``,
+    ``bool``, or one of them ``| None``); a bool is not a number here, an int is a float. Other
+    types are not checked."""
+    options = get_args(tp) if get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    scalars = [t for t in options if t in _SCALARS]
+    if len(scalars) + (type(None) in options) != len(options) or not scalars:
+        return
+    if value is None and type(None) in options:
+        return
+    for t in scalars:
+        if isinstance(value, _SCALARS[t]) and (t is bool or not isinstance(value, bool)):
+            return
+    want = " or ".join(t.__name__ for t in scalars) + (" or None" if type(None) in options else "")
+    raise TypeError(f"{name} must be {want}, got {value!r} ({type(value).__name__})")
+
+
 def _config_type(tp: Any) -> type[Config] | None:
     candidates = get_args(tp) if get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
     for c in candidates:
@@ -45,14 +71,17 @@ def _config_type(tp: Any) -> type[Config] | None:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Base class: Literal validation plus JSON round-trip."""
+    """Base class: Literal and scalar-type validation plus JSON round-trip."""
 
     def __post_init__(self) -> None:
         hints = get_type_hints(type(self))
         for f in dataclasses.fields(self):
+            name, value = f"{type(self).__name__}.{f.name}", getattr(self, f.name)
             choices = _literal_choices(hints[f.name])
             if choices is not None:
-                check_choice(f"{type(self).__name__}.{f.name}", getattr(self, f.name), choices)
+                check_choice(name, value, choices)
+            else:
+                check_scalar(name, value, hints[f.name])
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

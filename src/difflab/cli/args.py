@@ -86,7 +86,7 @@ def add_base_training_args(p: argparse.ArgumentParser, steps: int, lr: float, se
                    help="checkpoint every N steps (default: the run's)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the run's)")
     p.add_argument("--resume", action="store_true", help="continue --out from its last checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", "--quiet", dest="quiet", action="store_true", help="no progress bar")
 
 
 AUTOENCODER_HELP = ("latent runs: where the run's autoencoder is now, if it moved since training "

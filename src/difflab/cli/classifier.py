@@ -51,11 +51,9 @@ def config_from_args(args: argparse.Namespace) -> ClassifierTrainConfig:
 
 def cmd_train_classifier(args: argparse.Namespace) -> None:
     from difflab.train.classifier import train_classifier
-    from difflab.train.lock import run_lock
 
     cfg = config_from_args(args)
-    with run_lock(args.out):  # one writer per run folder, as difflab train
-        result = train_classifier(cfg, args.out, progress=not args.no_progress)
+    result = train_classifier(cfg, args.out, progress=not args.no_progress)
     first, last = result.accuracy[0], result.accuracy[-1]
     print(f"trained {result.steps} steps in {result.seconds:.0f} s; held-out accuracy {first.accuracy:.3f} "
           f"at t={first.t}, {last.accuracy:.3f} at t={last.t}; "

@@ -84,12 +84,10 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def cmd_train_vae(args: argparse.Namespace) -> None:
-    from difflab.train.lock import run_lock
     from difflab.train.vae import GRID, train_vae
 
     cfg = config_from_args(args)
-    with run_lock(args.out):  # one writer per run folder, as difflab train
-        result = train_vae(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    result = train_vae(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     s = result.scores
     parts = [f"PSNR {s['psnr']:.2f} dB"]
     if "ssim" in s:

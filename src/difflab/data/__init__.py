@@ -129,6 +129,7 @@ class ImageDataset:
     notes: list[str] = field(default_factory=list)
     flip: bool = False
     captions: list[str] | None = None
+    skipped_files: list[str] = field(default_factory=list)  # unreadable files left out, "name: why"
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -179,15 +180,16 @@ class ImageDataset:
 
 
 def _read(cfg: DataConfig) -> tuple[np.ndarray | Tensor, np.ndarray | None, list[str], list[str],
-                                   list[str] | None]:
+                                   list[str] | None, list[str]]:
+    """(images, labels, class names, notes, captions or None, skipped files)."""
     if cfg.source == "folder":
-        images, labels, names, notes, files = read_image_folder_files(
+        images, labels, names, notes, files, skipped = read_image_folder_files(
             cfg.path, cfg.image_size, cfg.channels, limit=cfg.limit)  # type: ignore[arg-type]
         found = folder_captions(cfg.path, files)  # type: ignore[arg-type]
         if found is None:
-            return images, labels, names, notes, None
-        return images, labels, names, [*notes, *found[1]], found[0]
-    return (*_read_arrays(cfg), None)
+            return images, labels, names, notes, None, skipped
+        return images, labels, names, [*notes, *found[1]], found[0], skipped
+    return (*_read_arrays(cfg), None, [])
 
 
 def _read_arrays(cfg: DataConfig) -> tuple[np.ndarray | Tensor, np.ndarray | None, list[str], list[str]]:
@@ -207,7 +209,7 @@ def _read_arrays(cfg: DataConfig) -> tuple[np.ndarray | Tensor, np.ndarray | Non
 def load_dataset(cfg: DataConfig) -> ImageDataset:
     """Load the images ``cfg`` names into memory, apply ``limit``, ``image_size`` and
     ``channels``, and record what was done in ``notes``. Errors are :class:`DataError`."""
-    images, labels, class_names, notes, captions = _read(cfg)
+    images, labels, class_names, notes, captions, skipped = _read(cfg)
     n = len(images)
     if cfg.limit is not None and cfg.limit < n:
         keep = np.sort(np.random.default_rng(0).permutation(n)[: cfg.limit])
@@ -234,4 +236,5 @@ def load_dataset(cfg: DataConfig) -> ImageDataset:
         notes=notes,
         flip=cfg.flip,
         captions=captions,
+        skipped_files=skipped,
     )

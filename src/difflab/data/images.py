@@ -151,7 +151,7 @@ def read_image_folder(
     """Decode every image under ``path`` -> (uint8 [N, C, H, W], labels or None, class names,
     notes). With ``labelled`` and at least two subfolders that hold images, the immediate
     subfolder names are the classes (torchvision's ImageFolder convention)."""
-    images, labels, class_names, notes, _ = read_image_folder_files(
+    images, labels, class_names, notes, _, _ = read_image_folder_files(
         path, image_size, channels, labelled, limit, workers)
     return images, labels, class_names, notes
 
@@ -163,8 +163,9 @@ def read_image_folder_files(
     labelled: bool = True,
     limit: int | None = None,
     workers: int | None = None,
-) -> tuple[Tensor, np.ndarray | None, list[str], list[str], list[Path]]:
-    """:func:`read_image_folder`, plus the file of each image read (in order)."""
+) -> tuple[Tensor, np.ndarray | None, list[str], list[str], list[Path], list[str]]:
+    """:func:`read_image_folder`, plus the file of each image read (in order) and the files that
+    could not be read ("name: why", skipped)."""
     root = Path(path).expanduser()
     hint = "pass folder:PATH with a folder of PNG/JPEG/WebP/BMP images"
     if not root.exists():
@@ -200,15 +201,14 @@ def read_image_folder_files(
     else:
         results = [_try_decode(f, image_size) for f in files]
 
-    bad = [(f, r) for f, r in zip(files, results, strict=True) if isinstance(r, Exception)]
+    skipped = [f"{f.name}: {_why(r)}" for f, r in zip(files, results, strict=True)
+               if isinstance(r, Exception)]
     good = [i for i, r in enumerate(results) if not isinstance(r, Exception)]
-    if bad:
-        f, err = bad[0]
-        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if skipped:
         if not good:
             raise DataError(f"none of the {len(files)} image files under {root} could be read "
-                            f"(first: {f.name}: {why})")
-        notes.append(f"skipped {len(bad)} unreadable file(s) (first: {f.name}: {why})")
+                            f"(first: {skipped[0]})")
+        notes.append(f"skipped {len(skipped)} unreadable file(s) (first: {skipped[0]})")
     decoded = [results[i] for i in good]
     sizes = sorted({r[0].shape[:2] for r in decoded})  # type: ignore[index]
     if len(sizes) > 1:
@@ -235,7 +235,12 @@ def read_image_folder_files(
     if image_size is not None:
         notes.append(f"resized (shorter side) and centre-cropped to {image_size}x{image_size}")
     labels = None if labels_all is None else np.asarray([labels_all[i] for i in good], np.int64)
-    return torch.from_numpy(out), labels, class_names, notes, [files[i] for i in good]
+    return torch.from_numpy(out), labels, class_names, notes, [files[i] for i in good], skipped
+
+
+def _why(err: Exception) -> str:
+    """The first line of ``err``'s message, or its type's name."""
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 # ---- saving and reading back -----------------------------------------------------------------

@@ -35,6 +35,7 @@ from difflab.diffusion import q_sample
 from difflab.io import atomic_write, save_weights
 from difflab.nets.classifier import NoisyClassifier, default_classifier_config
 from difflab.schedules import NoiseSchedule
+from difflab.train.lock import run_lock
 from difflab.train.loop import TrainingError, steps_for_epochs
 
 Log = Callable[[str], None]
@@ -158,13 +159,26 @@ def lr_factor(cfg: ClassifierTrainConfig) -> Callable[[int], float]:
 
 def train_classifier(config: ClassifierTrainConfig, out: str | Path, *, progress: bool = True,
                      log: Log = print) -> ClassifierResult:
-    """Train ``config`` into the new run folder ``out`` (see the module docs for its files)."""
-    from tqdm.auto import tqdm
-
+    """Train ``config`` into the new run folder ``out`` (see the module docs for its files), holding
+    the folder's lock; a refused one is left as it was."""
     out = Path(out)
+    refuse_existing(out)
+    cfg, data = prepare(config, log)
+    with run_lock(out):
+        refuse_existing(out)
+        return fit(cfg, data, out, progress, log)
+
+
+def refuse_existing(out: Path) -> None:
     if (out / "config.json").exists():
         raise TrainingError(f"{out} already holds a run; choose another --out")
-    cfg, data = prepare(config, log)
+
+
+def fit(cfg: ClassifierTrainConfig, data: ImageDataset, out: Path, progress: bool,
+        log: Log) -> ClassifierResult:
+    """The training loop of :func:`train_classifier` into ``out``, then the accuracy-vs-t table."""
+    from tqdm.auto import tqdm
+
     assert cfg.net is not None
     device = resolve_device(cfg.device)
     out.mkdir(parents=True, exist_ok=True)

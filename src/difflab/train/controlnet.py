@@ -45,12 +45,14 @@ from difflab.run_config import TrainConfig
 from difflab.train.checkpoint import prune_checkpoints, save_checkpoint
 from difflab.train.ema import EMA
 from difflab.train.finetune import finetune_config
+from difflab.train.lock import run_lock
 from difflab.train.loop import (
     Log,
     OnStep,
     Trainer,
     TrainingError,
     TrainResult,
+    check_run_config,
     drive,
     lr_lambda,
     make_optimizer,
@@ -231,18 +233,21 @@ def train_controlnet(
         raise TrainingError("the data needs another network than the base run's; give data of the base run's "
                             "image size and channels")
     check_controlnet_config(out, base.weights_sha256, control_cfg, hint, control_drop, resume)
-    write_run_config(cfg, out, resume)
-    maps = control_maps(dataset, control_cfg, out, log)
-    base_state = {k: v.clone() for k, v in base.net.state_dict().items()}
-    trainer = ControlNetTrainer(cfg, ControlledImages.of(dataset, maps), out, resolve_device(cfg.device), log,
-                                base_state, hint, control_drop)
-    info = controlnet_info(trainer.net, control_cfg.to_dict(), base_run, base.weights_file,
-                           base.weights_sha256, cfg.data.to_dict(), control_drop)
-    atomic_write(out / CONTROLNET_CONFIG, lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
-    note = (f"base {base_run} ({base.weights_file}, sha256:{base.weights_sha256[:16]}) is read only; the "
-            f"{control_cfg.kind} ControlNet goes to {out / CONTROLNET_WEIGHTS}")
-    return drive(trainer, resume=resume, progress=progress, max_seconds=max_seconds, on_step=on_step,
-                 note=note)
+    check_run_config(cfg, out, resume)
+    with run_lock(out):  # checked before, so that a refused command leaves no lock file; again under it
+        check_controlnet_config(out, base.weights_sha256, control_cfg, hint, control_drop, resume)
+        write_run_config(cfg, out, resume)
+        maps = control_maps(dataset, control_cfg, out, log)
+        base_state = {k: v.clone() for k, v in base.net.state_dict().items()}
+        trainer = ControlNetTrainer(cfg, ControlledImages.of(dataset, maps), out, resolve_device(cfg.device),
+                                    log, base_state, hint, control_drop)
+        info = controlnet_info(trainer.net, control_cfg.to_dict(), base_run, base.weights_file,
+                               base.weights_sha256, cfg.data.to_dict(), control_drop)
+        atomic_write(out / CONTROLNET_CONFIG, lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
+        note = (f"base {base_run} ({base.weights_file}, sha256:{base.weights_sha256[:16]}) is read only; "
+                f"the {control_cfg.kind} ControlNet goes to {out / CONTROLNET_WEIGHTS}")
+        return drive(trainer, resume=resume, progress=progress, max_seconds=max_seconds, on_step=on_step,
+                     note=note)
 
 
 def check_controlnet_config(out: Path, sha256: str, control: ControlConfig, hint: HintConfig,

@@ -44,12 +44,14 @@ from difflab.nets.lora import (
 from difflab.run_config import TrainConfig
 from difflab.train.checkpoint import prune_checkpoints, save_checkpoint
 from difflab.train.ema import EMA
+from difflab.train.lock import run_lock
 from difflab.train.loop import (
     Log,
     OnStep,
     Trainer,
     TrainingError,
     TrainResult,
+    check_run_config,
     drive,
     lr_lambda,
     make_optimizer,
@@ -208,18 +210,22 @@ def load_base(base_run: Path, out: Path, weights: str | None, lora: LoRAConfig) 
 def train_adapter(base: Any, base_run: Path, out: Path, cfg: TrainConfig, lora: LoRAConfig,
                   modules: Sequence[str], make_trainer: Any, extra_info: dict[str, Any], *, resume: bool,
                   progress: bool, log: Log, max_seconds: float | None, on_step: OnStep | None) -> TrainResult:
-    """Write ``config.json`` and ``adapter.json`` (checked against a resumed run's), build the
-    trainer (``make_trainer(device)``), resume it, run it and finish."""
+    """Write ``config.json`` and ``adapter.json`` (checked against a resumed run's, before the
+    folder's lock is taken and again under it), build the trainer (``make_trainer(device)``),
+    resume it, run it and finish."""
     info = {**adapter_info(lora, base.net, modules, base_run, base.weights_file, base.weights_sha256,
                            cfg.data.to_dict()), **extra_info}
     check_adapter_config(out, info, resume)
-    write_run_config(cfg, out, resume)
-    atomic_write(out / ADAPTER_CONFIG, lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
-    note = (f"base {base_run} ({base.weights_file}, {short(base.weights_sha256)}) is read only; the adapter "
-            f"(rank {lora.rank}, {', '.join(lora.targets)}: {len(modules)} layers) goes to "
-            f"{out / ADAPTER_WEIGHTS}")
-    return drive(make_trainer(resolve_device(cfg.device)), resume=resume, progress=progress,
-                 max_seconds=max_seconds, on_step=on_step, note=note)
+    check_run_config(cfg, out, resume)
+    with run_lock(out):
+        check_adapter_config(out, info, resume)
+        write_run_config(cfg, out, resume)
+        atomic_write(out / ADAPTER_CONFIG, lambda tmp: tmp.write_text(json.dumps(info, indent=2) + "\n"))
+        note = (f"base {base_run} ({base.weights_file}, {short(base.weights_sha256)}) is read only; the "
+                f"adapter (rank {lora.rank}, {', '.join(lora.targets)}: {len(modules)} layers) goes to "
+                f"{out / ADAPTER_WEIGHTS}")
+        return drive(make_trainer(resolve_device(cfg.device)), resume=resume, progress=progress,
+                     max_seconds=max_seconds, on_step=on_step, note=note)
 
 
 def check_adapter_config(out: Path, info: dict[str, Any], resume: bool) -> None:

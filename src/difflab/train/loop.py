@@ -279,11 +279,20 @@ def use_channels_last(net: nn.Module, device: torch.device) -> bool:
     return device.type in ("cpu", "cuda") and any(isinstance(m, nn.Conv2d) for m in net.modules())
 
 
-def write_run_config(cfg: Any, out: Path, resume: bool,
-                     may_change: str = "only --steps and logging/checkpoint intervals may change") -> None:
-    """Write ``out/config.json``; a new run must not overwrite a run, and a resumed one must
-    match the saved config (of ``cfg``'s type) except in the fields its ``differences`` skips
-    (``may_change`` names them for the error)."""
+MAY_CHANGE = "only --steps and logging/checkpoint intervals may change"
+
+
+def write_run_config(cfg: Any, out: Path, resume: bool, may_change: str = MAY_CHANGE) -> None:
+    """Write ``out/config.json`` once :func:`check_run_config` lets it."""
+    check_run_config(cfg, out, resume, may_change)
+    atomic_write(out / "config.json", lambda tmp: tmp.write_text(cfg.to_json() + "\n"))
+
+
+def check_run_config(cfg: Any, out: Path, resume: bool, may_change: str = MAY_CHANGE) -> None:
+    """Refuse, writing nothing, a new run where a run is, and a resumed one whose config differs
+    from the saved one (of ``cfg``'s type) beyond the fields its ``differences`` skips
+    (``may_change`` names them for the error). Called before the run's lock is taken too, so a
+    refused command leaves no trace in the folder."""
     cfg_path = out / "config.json"
     if resume:
         if not cfg_path.is_file():
@@ -304,7 +313,6 @@ def write_run_config(cfg: Any, out: Path, resume: bool,
         raise TrainingError(
             f"{out} already holds a run; pass --resume to continue it or choose another --out"
         )
-    atomic_write(cfg_path, lambda tmp: tmp.write_text(cfg.to_json() + "\n"))
 
 
 def global_rng_state(device: torch.device) -> dict[str, Tensor]:
@@ -595,6 +603,9 @@ class Trainer:
             unit="step", dynamic_ncols=True,
         )
         self.log_file = (self.out / "log.jsonl").open("a") if main else None
+        skipped = self.pixels.skipped_files
+        if skipped:
+            self.write_record({"step": self.step, "skipped_files": len(skipped), "files": skipped[:20]})
         try:
             yield
         finally:
@@ -1012,11 +1023,12 @@ def train(
     if grad_accum < 1:
         raise ValueError(f"--grad-accum must be at least 1, got {grad_accum}")
     cfg, data = prepare_data(config, log)
+    if here.main:
+        check_folder(cfg, out, resume)
     with run_lock(out) if here.main else nullcontext():
 
         def prepare_folder() -> None:
-            if resume:
-                check_same_autoencoder(cfg, out)
+            check_folder(cfg, out, resume)  # again: the folder may have changed before the lock
             write_run_config(cfg, out, resume)
             if cfg.latent:
                 keep_autoencoder(cfg, out)
@@ -1026,6 +1038,13 @@ def train(
         trainer.skip_nonfinite = skip_nonfinite
         trainer.grad_accum = grad_accum
         return drive(trainer, resume=resume, progress=progress, max_seconds=max_seconds, on_step=on_step)
+
+
+def check_folder(cfg: TrainConfig, out: Path, resume: bool) -> None:
+    """Refuse, writing nothing, a run folder ``cfg`` cannot start or resume in."""
+    if resume:
+        check_same_autoencoder(cfg, out)
+    check_run_config(cfg, out, resume)
 
 
 def _silent(_: str) -> None:

@@ -52,8 +52,10 @@ from difflab.train.checkpoint import (
     save_checkpoint,
 )
 from difflab.train.classifier import split_indices
+from difflab.train.lock import run_lock
 from difflab.train.loop import (
     TrainingError,
+    check_run_config,
     forked_rng,
     global_rng_state,
     set_global_rng_state,
@@ -84,8 +86,7 @@ def prepare(config: VAETrainConfig, log: Log) -> tuple[VAETrainConfig, ImageData
     return config.replace(net=net), data
 
 
-def write_config(cfg: VAETrainConfig, out: Path, resume: bool) -> None:
-    write_run_config(cfg, out, resume, "only --steps and logging/checkpoint/eval intervals may change")
+MAY_CHANGE = "only --steps and logging/checkpoint/eval intervals may change"
 
 
 def spread(indices: Tensor, n: int) -> Tensor:
@@ -365,15 +366,23 @@ class VAETrainer:
 def train_vae(
     config: VAETrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True, log: Log = print
 ) -> VAEResult:
-    """Train ``config`` into the run folder ``out`` (see the module docs for its files)."""
-    from difflab.train.checkpoint import CheckpointError
-    from difflab.viz import plot_loss
-
+    """Train ``config`` into the run folder ``out`` (see the module docs for its files), holding the
+    folder's lock; a refused one is left as it was."""
     out = Path(out)
     device = resolve_device(config.device)
     cfg, data = prepare(config, log)
-    out.mkdir(parents=True, exist_ok=True)
-    write_config(cfg, out, resume)
+    check_run_config(cfg, out, resume, MAY_CHANGE)
+    with run_lock(out):
+        return fit(cfg, data, out, device, resume, progress, log)
+
+
+def fit(cfg: VAETrainConfig, data: ImageDataset, out: Path, device: torch.device, resume: bool,
+        progress: bool, log: Log) -> VAEResult:
+    """Write the config and train (or resume) :func:`train_vae`'s run, holding its lock."""
+    from difflab.train.checkpoint import CheckpointError
+    from difflab.viz import plot_loss
+
+    write_run_config(cfg, out, resume, MAY_CHANGE)
     trainer = VAETrainer(cfg, data, out, device, log)
     if resume:
         trainer.resume()
