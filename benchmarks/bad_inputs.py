@@ -177,6 +177,10 @@ def build_fixtures(root: Path) -> dict[str, Path]:
     f["MISSING"] = root / "no" / "such" / "path"
     f["OUTS"] = root / "outs"
     f["OUTS"].mkdir()
+    from difflab.train.lock import LOCK_NAME
+
+    for key in ("RUN", "CLF", "BROKEN", "ALIEN", "FUTURE"):  # as runs written before folders had locks:
+        (f[key] / LOCK_NAME).unlink(missing_ok=True)  # a refused command must not add one
     return f
 
 
