@@ -37,6 +37,12 @@ class CheckpointError(RuntimeError):
     what to do."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message (for a one-line error), or its type's name."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def current_umask() -> int:
     """The process umask, read without changing it where Linux shows it (``/proc/self/status``)."""
     try:
@@ -148,7 +154,7 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as err:  # safetensors raises its own error types
-        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        why = first_line(err)
         raise CheckpointError(f"{path} is not a readable safetensors file ({why}); re-export it, or "
                               "delete it and resume training to write it again") from err
 

@@ -16,6 +16,7 @@ from PIL import Image
 from torch import Tensor
 
 from difflab.data.errors import DataError
+from difflab.io import first_line
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
@@ -201,7 +202,7 @@ def read_image_folder_files(
     else:
         results = [_try_decode(f, image_size) for f in files]
 
-    skipped = [f"{f.name}: {_why(r)}" for f, r in zip(files, results, strict=True)
+    skipped = [f"{f.name}: {first_line(r)}" for f, r in zip(files, results, strict=True)
                if isinstance(r, Exception)]
     good = [i for i, r in enumerate(results) if not isinstance(r, Exception)]
     if skipped:
@@ -236,11 +237,6 @@ def read_image_folder_files(
         notes.append(f"resized (shorter side) and centre-cropped to {image_size}x{image_size}")
     labels = None if labels_all is None else np.asarray([labels_all[i] for i in good], np.int64)
     return torch.from_numpy(out), labels, class_names, notes, [files[i] for i in good], skipped
-
-
-def _why(err: Exception) -> str:
-    """The first line of ``err``'s message, or its type's name."""
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 # ---- saving and reading back -----------------------------------------------------------------

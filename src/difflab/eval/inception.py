@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from difflab.eval.images import check_images
-from difflab.io import file_digest
+from difflab.io import file_digest, first_line
 
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 INCEPTION_FILENAME = "inception-2015-12-05.pt"
@@ -40,11 +40,6 @@ __all__ = [
     "load_detector",
     "to_detector_input",
 ]
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _missing(reason: str) -> FileNotFoundError:
@@ -85,7 +80,7 @@ def inception_weights_path(path: str | Path | None = None, allow_download: bool 
     try:
         torch.hub.download_url_to_file(INCEPTION_URL, str(cached), progress=True)
     except Exception as err:  # network errors come in many types (URLError, OSError, HTTPError, ...)
-        raise _missing(f"download of {INCEPTION_FILENAME} failed: {_first_line(err)}") from err
+        raise _missing(f"download of {INCEPTION_FILENAME} failed: {first_line(err)}") from err
     return cached
 
 
@@ -97,7 +92,7 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu") -> torch
             warnings.filterwarnings("ignore", ".*torch.jit.load.* is deprecated", DeprecationWarning)
             detector = torch.jit.load(str(path), map_location="cpu")
     except Exception as err:  # torch raises RuntimeError, ValueError or pickle errors here
-        raise ValueError(f"{path} is not a TorchScript file ({_first_line(err)}); expected "
+        raise ValueError(f"{path} is not a TorchScript file ({first_line(err)}); expected "
                          f"{INCEPTION_FILENAME} from {INCEPTION_URL}") from err
     return detector.eval().to(device)
 

@@ -23,12 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from difflab.io import CheckpointError
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+from difflab.io import CheckpointError, first_line
 
 
 class FolderTextCondition:
@@ -59,7 +54,7 @@ class FolderTextCondition:
                                                         use_safetensors=True)
         except (OSError, ValueError, RuntimeError, KeyError) as err:
             raise CheckpointError(f"{folder}: the text encoder or tokenizer could not be loaded: "
-                                  f"{_first_line(err)}") from err
+                                  f"{first_line(err)}") from err
         self.encoder = self.encoder.float().eval().requires_grad_(False)
         self._cache: dict[str, Tensor] = {}
 

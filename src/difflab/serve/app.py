@@ -162,15 +162,12 @@ def create_app(models: list[ServedModel], queue_size: int = limits.QUEUE_SIZE) -
     app.state.board, app.state.models = board, models
 
     # ---- errors: one readable line, never a traceback -----------------------------------------
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, err: RequestValidationError | ValidationError) -> JSONResponse:
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in err.errors()]
         return JSONResponse({"detail": _message(errors), "errors": errors}, status_code=422)
 
-    @app.exception_handler(ValidationError)  # a model built in an endpoint (a form's Sampling)
-    async def _invalid_model(request: Request, err: ValidationError) -> JSONResponse:
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in err.errors()]
-        return JSONResponse({"detail": _message(errors), "errors": errors}, status_code=422)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(ValidationError, _invalid)  # a model built in an endpoint (a form's Sampling)
 
     @app.exception_handler(ValueError)
     async def _bad(request: Request, err: ValueError) -> JSONResponse:

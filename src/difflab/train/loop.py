@@ -1027,8 +1027,9 @@ def train(
         check_folder(cfg, out, resume)
     with run_lock(out) if here.main else nullcontext():
 
-        def prepare_folder() -> None:
-            check_folder(cfg, out, resume)  # again: the folder may have changed before the lock
+        def prepare_folder() -> None:  # checked again: the folder may have changed before the lock
+            if resume:
+                check_same_autoencoder(cfg, out)
             write_run_config(cfg, out, resume)
             if cfg.latent:
                 keep_autoencoder(cfg, out)
